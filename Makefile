@@ -1,0 +1,28 @@
+# Two commands: `make run` (set up, then train + evaluate on the embedded LastFM data) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Any Python >= 3.12: the pyenv shim honours .python-version, else python3.12 / python3 on PATH.
+PYTHON ?= $(shell for p in python3.12 python3 python; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
+WORKDIR ?= runs/lastfm_fp
+
+.PHONY: run test setup clean
+
+$(VENV)/.installed: requirements.txt setup.cfg setup.py
+	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (install one, or set PYTHON=...)" >&2; exit 1; fi
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m experiments.hqgnn --config=experiments/configs/hqgnn_lastfm.py --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,37 @@
+"""LightGCN / HQ-GNN on the embedded LastFM data (the `make run` job).
+
+Command:
+  python -m experiments.hqgnn --config=experiments/configs/hqgnn_lastfm.py --workdir=runs/lastfm_fp
+Quantized (issue HQ-GNN):
+  ... --config.quant.bits=1 --config.quant.estimator=gste
+
+Expected (full precision, d=64, K=3, 200 epochs, seed 0, 2-core CPU): see results/foundation.md.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.data_dir = "lastfm"  # a LightGCN text folder, or "lastfm" for the embedded dataset
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.dim = 64
+  config.model.num_layers = 3
+  config.model.init_std = 0.1
+  config.model.aggregation = "csr"  # "csr" (fast sparse kernel) or "segment" (jraph message passing)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 200
+  config.train.batch_size = 2048
+  config.train.learning_rate = 1e-3
+  config.train.decay = 1e-4
+  config.train.log_every = 10
+  config.train.checkpoint_every = 10
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.ks = (20, 50)
+  config.eval.every = 50  # epochs between evaluations written to metrics.jsonl; 0 = only at the end
+  config.eval.batch_size = 1024
+  return config

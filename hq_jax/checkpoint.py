@@ -1,0 +1,60 @@
+"""Checkpoints: the one place that talks to orbax.
+
+Wraps the legacy `orbax.checkpoint.CheckpointManager` (stable across orbax 0.11-0.12) with the three calls the
+trainers need: `latest_step`, `save`, `restore` against an abstract target (shapes and dtypes from
+`jax.eval_shape`, so nothing is allocated twice and a mismatched checkpoint fails loudly). Saves block until
+the step is on disk: a kill -9 after `save` returns never loses that step, and orbax writes each step to a
+temporary folder first, so a kill during a save leaves the previous step intact.
+"""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Keeps the last `max_to_keep` checkpoints of a pytree of arrays in `directory`."""
+
+  def __init__(self, directory: str, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state) -> None:
+    """Writes `state` (a pytree of jax/numpy arrays and scalars) as `step` and waits for it."""
+    state = jax.tree.map(lambda x: np.asarray(x) if np.isscalar(x) else x, state)
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores `step` (default: the latest) into the structure, shapes and dtypes of `abstract_state`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract_state = jax.tree.map(_abstract, abstract_state)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _abstract(x):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  x = np.asarray(x) if np.isscalar(x) else x
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))

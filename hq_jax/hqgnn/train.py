@@ -1,0 +1,233 @@
+"""Training and evaluation of LightGCN (full precision) and HQ-GNN, driven by an ml_collections config.
+
+Shape of the Flax examples: `create_model`, `create_optimizer`, `make_train_step`, `train_and_evaluate`.
+The workdir holds `checkpoints/` (orbax, every `train.checkpoint_every` epochs), `metrics.jsonl` (one line
+per evaluation), `results.json` and `export.npz` (the representations the final metrics were computed from).
+Rerunning on a workdir resumes from its last checkpoint; the BPR sampler draws each epoch from
+(seed, epoch), so a resumed run replays exactly the batches an uninterrupted run would have seen.
+"""
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from hq_jax import evaluation
+from hq_jax.checkpoint import Checkpointer
+from hq_jax.data.interactions import InteractionData, load_dataset
+from hq_jax.errors import NonFiniteLossError, UserError
+from hq_jax.hqgnn import graph as graph_lib
+from hq_jax.hqgnn import lightgcn
+from hq_jax.hqgnn import sampling
+from hq_jax.workdir import MetricsLog, device_description, now_iso, write_json
+
+
+def validate_config(config: ml_collections.ConfigDict, data: InteractionData) -> None:
+  """Checks values that config_flags cannot (choices, ranges); raises UserError naming the key."""
+  if config.model.aggregation not in ("segment", "csr"):
+    raise UserError(f"config.model.aggregation={config.model.aggregation!r}: expected 'segment' or 'csr'")
+  for key in ("dim", "num_layers"):
+    if int(config.model[key]) < (1 if key == "dim" else 0):
+      raise UserError(f"config.model.{key}={config.model[key]} is out of range")
+  if config.train.batch_size < 1 or config.train.epochs < 0:
+    raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
+  evaluation.check_ks(config.eval.ks, data.num_items)
+
+
+@dataclasses.dataclass
+class Problem:
+  """Everything about the data a training step needs, on device."""
+
+  data: InteractionData
+  graph: Any  # jraph.GraphsTuple
+  adjacency: graph_lib.CSRAdjacency | None
+
+
+def create_problem(config: ml_collections.ConfigDict, data: InteractionData) -> Problem:
+  graph = graph_lib.bipartite_graph(data)
+  adjacency = graph_lib.csr_adjacency(graph) if config.model.aggregation == "csr" else None
+  return Problem(data=data, graph=graph, adjacency=adjacency)
+
+
+def create_model(config: ml_collections.ConfigDict, data: InteractionData, seed: int) -> lightgcn.LightGCN:
+  return lightgcn.LightGCN(data.num_users, data.num_items, config.model.dim,
+                           init_std=config.model.init_std, rngs=nnx.Rngs(params=seed))
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adam(config.train.learning_rate)
+
+
+def final_embeddings(graphdef, params, graph, adjacency, *, aggregation: str, num_layers: int):
+  """(users (U, d), items (I, d)) after K propagation layers, averaged with layer 0."""
+  model = nnx.merge(graphdef, params)
+  aggregate = graph_lib.make_aggregate(graph, adjacency, aggregation)
+  nodes = graph_lib.lightgcn_propagate(aggregate, model.embedding[...], num_layers)
+  return model.split_nodes(nodes)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, aggregation: str, num_layers: int,
+                    num_users: int, decay: float):
+  """The jitted `train_step(params, opt_state, batch, weights, graph, adjacency) -> (params, opt_state, metrics)`."""
+
+  def loss_fn(params, batch, weights, graph, adjacency):
+    users, items = final_embeddings(graphdef, params, graph, adjacency, aggregation=aggregation,
+                                    num_layers=num_layers)
+    u, p, n = batch[:, 0], batch[:, 1], batch[:, 2]
+    bpr = lightgcn.bpr_loss(users[u], items[p], items[n], weights)
+    e0 = nnx.merge(graphdef, params).embedding[...]
+    reg = lightgcn.l2_regularizer(e0[u], e0[num_users + p], e0[num_users + n], weights)
+    return bpr + decay * reg, {"bpr": bpr, "reg": reg}
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, batch, weights, graph, adjacency):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, weights, graph, adjacency)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
+    return params, opt_state, metrics
+
+  return train_step
+
+
+def epoch_batches(data: InteractionData, seed: int, epoch: int, batch_size: int):
+  """The epoch's BPR triples as (steps, batch, 3) int32 plus (steps, batch) weights (0 = padding)."""
+  triples = sampling.sample_bpr_epoch(data.train, data.num_items, sampling.epoch_rng(seed, epoch))
+  steps = -(-len(triples) // batch_size)
+  pad = steps * batch_size - len(triples)
+  weights = np.concatenate([np.ones(len(triples), np.float32), np.zeros(pad, np.float32)])
+  triples = np.concatenate([triples, np.zeros((pad, 3), np.int32)])
+  return triples.reshape(steps, batch_size, 3), weights.reshape(steps, batch_size)
+
+
+def _checkpoint_state(params, opt_state, epoch: int) -> dict:
+  return {"params": params, "opt_state": opt_state, "epoch": np.asarray(epoch, np.int32)}
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns the results dict."""
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  data = load_dataset(config.data_dir)
+  validate_config(config, data)
+  problem = create_problem(config, data)
+
+  # ------------------------------------------------------------------------------------------------------
+  # Model and optimizer.
+  # ------------------------------------------------------------------------------------------------------
+  model = create_model(config, data, config.seed)
+  graphdef, params = nnx.split(model)
+  tx = create_optimizer(config)
+  opt_state = tx.init(params)
+  step_kwargs = dict(aggregation=config.model.aggregation, num_layers=config.model.num_layers)
+  train_step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay,
+                               **step_kwargs)
+  embed_fn = jax.jit(functools.partial(final_embeddings, graphdef, **step_kwargs))
+
+  # ------------------------------------------------------------------------------------------------------
+  # Checkpoint: resume if the workdir has one.
+  # ------------------------------------------------------------------------------------------------------
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  start_epoch = 0
+  if ckpt.latest_step() is not None:
+    abstract = jax.eval_shape(lambda: _checkpoint_state(params, opt_state, 0))
+    restored = ckpt.restore(abstract)
+    params, opt_state = restored["params"], restored["opt_state"]
+    start_epoch = int(restored["epoch"])
+    metrics_log.truncate_after(start_epoch)
+    _log(f"resumed from {ckpt.directory} at epoch {start_epoch}")
+  else:
+    metrics_log.truncate_after(-1)
+
+  # ------------------------------------------------------------------------------------------------------
+  # Training loop.
+  # ------------------------------------------------------------------------------------------------------
+  epochs = config.train.epochs
+  train_time = 0.0
+  steps_per_epoch = -(-data.train.nnz // config.train.batch_size)
+  last_good = start_epoch
+  for epoch in range(start_epoch, epochs):
+    t0 = time.time()
+    batches, weights = epoch_batches(data, config.seed, epoch, config.train.batch_size)
+    losses = []
+    for i in range(batches.shape[0]):
+      params, opt_state, metrics = train_step(params, opt_state, batches[i], weights[i], problem.graph,
+                                              problem.adjacency)
+      losses.append(metrics["loss"])
+    losses = np.asarray(jnp.stack(losses))
+    if not np.all(np.isfinite(losses)):
+      bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+      ckpt.close()
+      raise NonFiniteLossError(
+          f"non-finite loss {losses[bad]} at step {epoch * steps_per_epoch + bad} (epoch {epoch + 1}, "
+          f"batch {bad}); stopped, last good checkpoint is epoch {last_good} in {ckpt.directory}")
+    dt = time.time() - t0
+    train_time += dt
+    done = epoch + 1
+    if done % config.train.log_every == 0 or done == epochs:
+      _log(f"epoch {done}/{epochs}  loss {losses.mean():.5f}  bpr {float(metrics['bpr']):.5f}  "
+           f"grad_norm {float(metrics['grad_norm']):.4f}  {dt:.2f} s/epoch")
+    record = None
+    if config.eval.every and (done % config.eval.every == 0) and done != epochs:
+      users, items = embed_fn(params, problem.graph, problem.adjacency)
+      record = {"step": done, "epoch": done, "loss": float(losses.mean()),
+                **evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks),
+                                      batch_size=config.eval.batch_size)}
+      _log("  eval " + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if "@" in k))
+    if done % config.train.checkpoint_every == 0 or done == epochs:
+      ckpt.save(done, _checkpoint_state(params, opt_state, done))
+      last_good = done
+    if record is not None:  # logged after the checkpoint that covers it, so a resume never duplicates it
+      metrics_log.append(record)
+  ckpt.close()
+
+  # ------------------------------------------------------------------------------------------------------
+  # Final evaluation and export.
+  # ------------------------------------------------------------------------------------------------------
+  users, items = embed_fn(params, problem.graph, problem.adjacency)
+  users, items = np.asarray(users), np.asarray(items)
+  final = evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks), batch_size=config.eval.batch_size)
+  np.savez(os.path.join(workdir, "export.npz"), user_embeddings=users, item_embeddings=items)
+  metrics_log.append({"step": epochs, "epoch": epochs, "final": True, **final})
+  results = {
+      "config": config.to_dict(),
+      "dataset": data.summary,
+      "metrics": final,
+      "epochs": epochs,
+      "resumed_from_epoch": start_epoch,
+      "train_seconds_this_run": train_time,
+      "seconds_per_epoch": train_time / max(epochs - start_epoch, 1),
+      "wall_seconds_this_run": time.time() - t_start,
+      "device": device_description(),
+      "finished": now_iso(),
+      "export": "export.npz",
+  }
+  write_json(os.path.join(workdir, "results.json"), results)
+  return results
+
+
+def results_table(runs: list[dict]) -> str:
+  """A markdown table of final metrics, one row per results dict."""
+  keys = [k for k in runs[0]["metrics"] if "@" in k]
+  lines = ["| dataset | model | " + " | ".join(keys) + " | epochs | s/epoch |",
+           "|---|---|" + "---|" * (len(keys) + 2)]
+  for r in runs:
+    m = r["metrics"]
+    lines.append(f"| {r['dataset']['name']} | {r.get('model', 'lightgcn')} | "
+                 + " | ".join(f"{m[k]:.4f}" for k in keys)
+                 + f" | {r['epochs']} | {r['seconds_per_epoch']:.2f} |")
+  return "\n".join(lines)

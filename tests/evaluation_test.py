@@ -1,0 +1,353 @@
+"""Tests for hq_jax.evaluation: hand-computed golden cases and a plain NumPy reference of the protocol."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hq_jax import evaluation
+from hq_jax.data.interactions import InteractionData, to_csr
+from hq_jax.errors import UserError
+from hq_jax.quant.quantizer import QuantizedMatrix, dequantize
+
+
+def make_data(train: dict, test: dict, num_users: int, num_items: int) -> InteractionData:
+  """InteractionData from {user: [items]} dicts."""
+
+  def csr(pairs):
+    users = np.array([u for u, items in pairs.items() for _ in items], np.int64)
+    items = np.array([i for its in pairs.values() for i in its], np.int64)
+    return to_csr(users, items, num_users, num_items)[0]
+
+  return InteractionData(name="tiny", num_users=num_users, num_items=num_items, train=csr(train),
+                         test=csr(test), summary={})
+
+
+def reference_evaluate(user_emb, item_emb, train: dict, test: dict, ks) -> dict:
+  """The LightGCN protocol, written plainly in float64 NumPy, one user at a time."""
+  totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+  eval_users = [u for u in range(user_emb.shape[0]) if len(set(test.get(u, ())))]
+  for u in eval_users:
+    scores = item_emb.astype(np.float64) @ user_emb[u].astype(np.float64)
+    train_items = set(train.get(u, ()))
+    test_items = set(test[u])
+    scores[list(train_items)] = -np.inf
+    order = np.lexsort((np.arange(len(scores)), -scores))  # by score desc, then item id asc
+    for k in ks:
+      hits = [1.0 if (i in test_items and i not in train_items) else 0.0 for i in order[:k]]
+      dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+      idcg = sum(1.0 / math.log2(r + 2) for r in range(min(len(test_items), k)))
+      totals[f"recall@{k}"] += sum(hits) / len(test_items)
+      totals[f"ndcg@{k}"] += dcg / idcg
+  out = {key: value / len(eval_users) for key, value in totals.items()}
+  out["num_eval_users"] = len(eval_users)
+  return out
+
+
+def reference_topk(user_emb, item_emb, train: dict, users, k):
+  out = []
+  for u in users:
+    scores = item_emb.astype(np.float64) @ user_emb[u].astype(np.float64)
+    scores[list(set(train.get(u, ())))] = -np.inf
+    out.append(np.lexsort((np.arange(len(scores)), -scores))[:k])
+  return np.array(out)
+
+
+def random_split(rng, num_users, num_items, density):
+  train, test = {}, {}
+  for u in range(num_users):
+    items = np.flatnonzero(rng.random(num_items) < density)
+    is_test = rng.random(len(items)) < 0.3
+    train[u] = items[~is_test].tolist()
+    test[u] = items[is_test].tolist()
+  return train, test
+
+
+def grid_embeddings(rng, n, d, step=0.25):
+  """Values on a power-of-two grid: every dot product is exact in float32, so ties are real ties."""
+  return (rng.integers(-4, 5, size=(n, d)) * step).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# recall_ndcg_at_k: golden cases
+# ----------------------------------------------------------------------------------------------------------
+
+D = [1.0 / math.log2(r + 2) for r in range(5)]  # rank discounts
+
+GOLDEN = [
+    # name, ranked items, test items (of 5), ks, expected {metric: value}
+    ("all_hits_first", [0, 1, 2, 3, 4], [0, 1], (2, 5),
+     {"recall@2": 1.0, "ndcg@2": 1.0, "recall@5": 1.0, "ndcg@5": 1.0}),
+    ("no_hits", [0, 1, 2, 3, 4], [], (2,), {"recall@2": 0.0, "ndcg@2": 0.0}),
+    ("hit_at_rank_1_of_2", [3, 4, 0, 1, 2], [4, 2], (1, 2, 5),
+     {"recall@1": 0.0, "ndcg@1": 0.0,
+      "recall@2": 0.5, "ndcg@2": D[1] / (D[0] + D[1]),
+      "recall@5": 1.0, "ndcg@5": (D[1] + D[4]) / (D[0] + D[1])}),
+    ("more_tests_than_k", [1, 0, 2, 3, 4], [0, 2, 3, 4], (2,),
+     {"recall@2": 0.25, "ndcg@2": D[1] / (D[0] + D[1])}),
+    ("single_hit_last", [4, 3, 2, 1, 0], [0], (5,), {"recall@5": 1.0, "ndcg@5": D[4] / D[0]}),
+]
+
+
+@pytest.mark.parametrize("name,ranked,test_items,ks,expected", GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_recall_ndcg_at_k_golden(name, ranked, test_items, ks, expected):
+  del name
+  topk = jnp.array([ranked], jnp.int32)
+  mask = jnp.zeros((1, 5), bool).at[0, jnp.array(test_items, jnp.int32)].set(True) if test_items else (
+      jnp.zeros((1, 5), bool))
+  got = jax.jit(evaluation.recall_ndcg_at_k, static_argnames="ks")(topk, mask, ks=ks)
+  assert set(got) == set(expected)
+  for key, value in expected.items():
+    np.testing.assert_allclose(float(got[key][0]), value, rtol=1e-6, err_msg=key)
+
+
+def test_recall_ndcg_at_k_explicit_num_test_counts_removed_items():
+  # One of three test items was removed from the mask (it is a training item): it still counts in |T_u|.
+  topk = jnp.array([[2, 0, 1]], jnp.int32)
+  mask = jnp.array([[False, False, True, False]])
+  got = jax.jit(evaluation.recall_ndcg_at_k, static_argnames="ks")(topk, mask, ks=(3,),
+                                                                  num_test=jnp.array([3]))
+  np.testing.assert_allclose(float(got["recall@3"][0]), 1 / 3, rtol=1e-6)
+  np.testing.assert_allclose(float(got["ndcg@3"][0]), D[0] / (D[0] + D[1] + D[2]), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluate: hand-computed cases
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_one_user_five_items_hand_computed():
+  # Scores rank items 0 > 1 > 2 > 3 > 4; item 1 is a training item, so the list is 0, 2, 3, 4, (1).
+  users = np.array([[1.0]], np.float32)
+  items = np.array([[5.0], [4.0], [3.0], [2.0], [1.0]], np.float32)
+  data = make_data({0: [1]}, {0: [2, 4]}, 1, 5)
+  got = evaluation.evaluate(users, items, data, ks=(1, 2, 4, 5))
+  idcg2 = D[0] + D[1]
+  expected = {"recall@1": 0.0, "ndcg@1": 0.0,
+              "recall@2": 0.5, "ndcg@2": D[1] / idcg2,
+              "recall@4": 1.0, "ndcg@4": (D[1] + D[3]) / idcg2,
+              "recall@5": 1.0, "ndcg@5": (D[1] + D[3]) / idcg2,
+              "num_eval_users": 1}
+  assert got.keys() == expected.keys()
+  for key, value in expected.items():
+    assert got[key] == pytest.approx(value, rel=1e-6), key
+  assert all(type(got[k]) is float for k in got if k != "num_eval_users")
+
+
+def test_default_keys():
+  rng = np.random.default_rng(0)
+  data = make_data({0: [0]}, {0: [1]}, 1, 60)
+  got = evaluation.evaluate(rng.normal(size=(1, 3)), rng.normal(size=(60, 3)), data)
+  assert list(got) == ["recall@20", "ndcg@20", "recall@50", "ndcg@50", "num_eval_users"]
+
+
+def test_users_without_test_items_are_ignored():
+  users = np.array([[1.0], [1.0], [-1.0]], np.float32)
+  items = np.array([[5.0], [4.0], [3.0], [2.0], [1.0]], np.float32)
+  alone = evaluation.evaluate(users[:1], items, make_data({}, {0: [1]}, 1, 5), ks=(1, 2))
+  # Users 1 and 2 have training items but no test items: same averages as user 0 alone.
+  data = make_data({1: [0], 2: [4, 3]}, {0: [1]}, 3, 5)
+  got = evaluation.evaluate(users, items, data, ks=(1, 2))
+  assert got["num_eval_users"] == 1
+  assert got == pytest.approx(alone)
+  assert got["recall@2"] == 1.0 and got["ndcg@2"] == pytest.approx(D[1])
+
+
+def test_training_items_are_excluded_and_never_hits():
+  # Item 0 scores highest but is a training item; it is also (malformed split) a test item: it counts in
+  # |T_u| = 2 but is never a hit.
+  users = np.array([[1.0]], np.float32)
+  items = np.array([[9.0], [1.0], [5.0]], np.float32)
+  data = make_data({0: [0]}, {0: [0, 2]}, 1, 3)
+  got = evaluation.evaluate(users, items, data, ks=(1, 3))
+  assert got["recall@1"] == 0.5 and got["recall@3"] == 0.5
+  assert got["ndcg@1"] == pytest.approx(1.0)
+  assert got["ndcg@3"] == pytest.approx(D[0] / (D[0] + D[1]))
+  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, [0], 3), [[2, 1, 0]])
+
+
+def test_ties_go_to_the_lower_item_id():
+  scores = jnp.array([[1.0, 3.0, 3.0, 2.0, 3.0]])
+  np.testing.assert_array_equal(jax.lax.top_k(scores, 4)[1], [[1, 2, 4, 3]])
+  # All items score equally: the ranking is by item id, training items skipped.
+  users = np.ones((2, 2), np.float32)
+  items = np.ones((6, 2), np.float32)
+  data = make_data({0: [0, 2], 1: [5]}, {0: [1], 1: [0]}, 2, 6)
+  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, [0, 1], 3), [[1, 3, 4], [0, 1, 2]])
+  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, [1], 3), [[0, 1, 2]])
+
+
+def test_signed_zero_scores_tie():
+  # lax.top_k alone ranks +0.0 above -0.0; evaluation treats them as equal scores.
+  users = np.array([[1.0]], np.float32)
+  items = np.array([[-0.0], [0.0], [-0.0], [1.0], [-1.0]], np.float32)
+  data = make_data({}, {0: [0]}, 1, 5)
+  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, [0], 5), [[3, 0, 1, 2, 4]])
+  assert evaluation.evaluate(users, items, data, ks=(2,))["recall@2"] == 1.0
+
+
+def test_ties_with_integer_scores_under_jit():
+  scores = jnp.array([[5, 7, 7, 5, 7, 1]], jnp.int32)
+  np.testing.assert_array_equal(jax.jit(lambda s: jax.lax.top_k(s, 5)[1])(scores), [[1, 2, 4, 0, 3]])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluate and topk_items against the NumPy reference
+# ----------------------------------------------------------------------------------------------------------
+
+RANDOM_CASES = [
+    # name, seed, num_users, num_items, dim, density, ks, batch_size
+    ("one_batch", 0, 17, 40, 4, 0.25, (5, 10), 1024),
+    ("padded_last_batch", 1, 23, 31, 3, 0.3, (1, 7, 31), 8),
+    ("batch_of_one", 2, 6, 12, 2, 0.4, (3, 12), 1),
+    ("many_ties", 3, 30, 50, 1, 0.2, (10, 20), 7),
+    ("dense_rows", 4, 9, 15, 5, 0.8, (4, 15), 4),
+]
+
+
+@pytest.mark.parametrize("name,seed,num_users,num_items,dim,density,ks,batch_size", RANDOM_CASES,
+                         ids=[c[0] for c in RANDOM_CASES])
+def test_evaluate_matches_numpy_reference(name, seed, num_users, num_items, dim, density, ks, batch_size):
+  del name
+  rng = np.random.default_rng(seed)
+  train, test = random_split(rng, num_users, num_items, density)
+  data = make_data(train, test, num_users, num_items)
+  users = grid_embeddings(rng, num_users, dim)
+  items = grid_embeddings(rng, num_items, dim)
+  got = evaluation.evaluate(users, items, data, ks=ks, batch_size=batch_size)
+  expected = reference_evaluate(users, items, train, test, ks)
+  assert got["num_eval_users"] == expected["num_eval_users"]
+  assert got == pytest.approx(expected, rel=1e-5, abs=1e-7)
+  probe = rng.permutation(num_users)[: max(1, num_users // 2)]
+  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, probe, max(ks), batch_size=batch_size),
+                                reference_topk(users, items, train, probe, max(ks)))
+
+
+def test_batch_pairs_matches_csr_rows():
+  rng = np.random.default_rng(5)
+  train, _ = random_split(rng, 12, 20, 0.3)
+  csr = make_data(train, {}, 12, 20).train
+  users = np.array([3, 0, 11, 3, 7])
+  rows, cols = evaluation.batch_pairs(csr, users)
+  expected = [(r, i) for r, u in enumerate(users) for i in sorted(set(train[u]))]
+  assert list(zip(rows.tolist(), cols.tolist())) == expected
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Quantized representations (needs hq_jax.retrieval.ranking_scores)
+# ----------------------------------------------------------------------------------------------------------
+
+QUANTIZED_CASES = [
+    # name, bits, scale, offset; powers of two so that dequantized scores are exact (ties are real ties)
+    ("sign_1bit", 1, 0.5, 0.0),
+    ("uniform_2bit", 2, 0.25, -0.5),
+    ("uniform_4bit", 4, 0.125, -1.0),
+]
+
+
+@pytest.mark.parametrize("name,bits,scale,offset", QUANTIZED_CASES, ids=[c[0] for c in QUANTIZED_CASES])
+def test_quantized_ranks_like_dequantized_reference(name, bits, scale, offset):
+  del name
+  retrieval = pytest.importorskip("hq_jax.retrieval", reason="hq_jax.retrieval not written yet")
+  if not hasattr(retrieval, "ranking_scores"):
+    pytest.skip("hq_jax.retrieval.ranking_scores not written yet")
+  rng = np.random.default_rng(7)
+  num_users, num_items, dim, ks = 21, 45, 8, (5, 20)
+  train, test = random_split(rng, num_users, num_items, 0.25)
+  data = make_data(train, test, num_users, num_items)
+
+  def random_qm(n):
+    if bits == 1:
+      codes = np.where(rng.random((n, dim)) < 0.5, -1, 1).astype(np.int8)
+    else:
+      codes = rng.integers(0, 2**bits, size=(n, dim)).astype(np.uint8)
+    return QuantizedMatrix(codes=jnp.asarray(codes), scale=jnp.float32(scale), offset=jnp.float32(offset),
+                           bits=bits)
+
+  user_qm, item_qm = random_qm(num_users), random_qm(num_items)
+  got = evaluation.evaluate(user_qm, item_qm, data, ks=ks, batch_size=8)
+  user_f, item_f = np.asarray(dequantize(user_qm)), np.asarray(dequantize(item_qm))
+  assert got == pytest.approx(reference_evaluate(user_f, item_f, train, test, ks), rel=1e-5, abs=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------------
+
+ERROR_CASES = [
+    # name, user shape, item shape, ks, message fragment
+    ("k_larger_than_items", (2, 3), (5, 3), (2, 6), "K=6 is larger than the number of items (5)"),
+    ("k_zero", (2, 3), (5, 3), (0,), "K=0 must be a positive integer"),
+    ("no_ks", (2, 3), (5, 3), (), "at least one cutoff"),
+    ("user_rows", (3, 3), (5, 3), (2,), "user representation has 3 rows but dataset 'tiny' has 2 users"),
+    ("item_rows", (2, 3), (4, 3), (2,), "item representation has 4 rows but dataset 'tiny' has 5 items"),
+    ("dims_differ", (2, 3), (5, 4), (2,), "user dim 3 differs from item dim 4"),
+    ("one_dimensional", (2,), (5, 3), (2,), "must be 2-D"),
+]
+
+
+@pytest.mark.parametrize("name,user_shape,item_shape,ks,fragment", ERROR_CASES,
+                         ids=[c[0] for c in ERROR_CASES])
+def test_evaluate_rejects_bad_input(name, user_shape, item_shape, ks, fragment):
+  del name
+  data = make_data({0: [0]}, {0: [1], 1: [2]}, 2, 5)
+  with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+    evaluation.evaluate(np.ones(user_shape, np.float32), np.ones(item_shape, np.float32), data, ks=ks)
+
+
+def test_evaluate_rejects_non_finite_and_mixed_kinds():
+  data = make_data({0: [0]}, {0: [1]}, 1, 3)
+  items = np.ones((3, 2), np.float32)
+  with pytest.raises(UserError, match="item embeddings contain non-finite"):
+    evaluation.evaluate(np.ones((1, 2), np.float32), np.where(np.eye(3, 2) > 0, np.nan, items), data, ks=(1,))
+  qm = QuantizedMatrix(codes=jnp.ones((1, 2), jnp.int8), scale=jnp.float32(1), offset=jnp.float32(0), bits=1)
+  with pytest.raises(UserError, match="both be float arrays or both be QuantizedMatrix"):
+    evaluation.evaluate(qm, items, data, ks=(1,))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# load_embeddings
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_load_embeddings_float_and_quantized(tmp_path):
+  users, items = np.ones((2, 3), np.float32), np.zeros((4, 3), np.float32)
+  np.savez(tmp_path / "f.npz", user_embeddings=users, item_embeddings=items)
+  got_u, got_i = evaluation.load_embeddings(str(tmp_path / "f.npz"))
+  np.testing.assert_array_equal(got_u, users)
+  np.testing.assert_array_equal(got_i, items)
+  np.savez(tmp_path / "q.npz", bits=np.int32(2), user_codes=np.full((2, 3), 3, np.uint8),
+           item_codes=np.zeros((4, 3), np.uint8), user_scale=np.float32(0.5), user_offset=np.float32(-1),
+           item_scale=np.float32(0.25), item_offset=np.float32(0))
+  qu, qi = evaluation.load_embeddings(str(tmp_path / "q.npz"))
+  assert isinstance(qu, QuantizedMatrix) and qu.bits == 2 and qi.shape == (4, 3)
+  np.testing.assert_array_equal(dequantize(qu), np.full((2, 3), 0.5, np.float32))
+
+
+BAD_NPZ = [
+    # name, arrays to save (None: write a non-npz file), message fragment
+    ("missing_item_key", {"user_embeddings": np.ones((2, 2))}, "missing key(s) item_embeddings"),
+    ("quantized_missing_keys", {"bits": np.int32(1), "user_codes": np.ones((2, 2), np.int8)},
+     "quantized export is missing key(s) item_codes, user_scale"),
+    ("bits_not_integer", {"bits": np.float32(1.0), "user_codes": np.ones((1, 1), np.int8),
+                          "item_codes": np.ones((1, 1), np.int8), "user_scale": np.float32(1),
+                          "user_offset": np.float32(0), "item_scale": np.float32(1),
+                          "item_offset": np.float32(0)}, "'bits' must be one integer"),
+    ("not_npz", None, "not a readable .npz file"),
+]
+
+
+@pytest.mark.parametrize("name,arrays,fragment", BAD_NPZ, ids=[c[0] for c in BAD_NPZ])
+def test_load_embeddings_errors_name_the_file(tmp_path, name, arrays, fragment):
+  path = tmp_path / f"{name}.npz"
+  if arrays is None:
+    path.write_text("not a zip archive\n")
+  else:
+    np.savez(path, **arrays)
+  with pytest.raises(UserError) as e:
+    evaluation.load_embeddings(str(path))
+  assert str(e.value).startswith(f"{path}: ") and fragment in str(e.value)
+  with pytest.raises(UserError, match="file not found"):
+    evaluation.load_embeddings(str(tmp_path / "absent.npz"))

@@ -1,0 +1,102 @@
+"""End-to-end tests of `python -m experiments.evaluate`, run as a subprocess on the embedded LastFM data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hq_jax import evaluation
+from hq_jax.data.interactions import load_dataset
+from hq_jax.quant.quantizer import quantize
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def run_evaluate(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def lastfm():
+  return load_dataset("lastfm")
+
+
+@pytest.fixture(scope="module")
+def float_npz(lastfm, tmp_path_factory):
+  rng = np.random.default_rng(0)
+  users = rng.normal(size=(lastfm.num_users, 16)).astype(np.float32)
+  items = rng.normal(size=(lastfm.num_items, 16)).astype(np.float32)
+  path = str(tmp_path_factory.mktemp("emb") / "float.npz")
+  np.savez(path, user_embeddings=users, item_embeddings=items)
+  return path, users, items
+
+
+def test_float_embeddings_json_equals_in_process(lastfm, float_npz):
+  path, users, items = float_npz
+  proc = run_evaluate("--data_dir=lastfm", f"--embeddings={path}", "--ks=20,50,7")
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1, proc.stdout
+  got = json.loads(lines[0])
+  assert set(got) == {"recall@20", "ndcg@20", "recall@50", "ndcg@50", "recall@7", "ndcg@7", "num_eval_users"}
+  expected = evaluation.evaluate(users, items, lastfm, ks=(20, 50, 7))
+  assert got == pytest.approx(expected, rel=1e-6)
+  assert got["num_eval_users"] == 1858
+
+
+def test_quantized_export_equals_in_process(lastfm, tmp_path):
+  retrieval = pytest.importorskip("hq_jax.retrieval", reason="hq_jax.retrieval not written yet")
+  if not hasattr(retrieval, "ranking_scores"):
+    pytest.skip("hq_jax.retrieval.ranking_scores not written yet")
+  rng = np.random.default_rng(1)
+  uq = quantize(jnp.asarray(rng.normal(size=(lastfm.num_users, 16)), jnp.float32), bits=2)
+  iq = quantize(jnp.asarray(rng.normal(size=(lastfm.num_items, 16)), jnp.float32), bits=2)
+  path = str(tmp_path / "q.npz")
+  np.savez(path, bits=np.int32(2), user_codes=uq.codes, item_codes=iq.codes, user_scale=uq.scale,
+           user_offset=uq.offset, item_scale=iq.scale, item_offset=iq.offset)
+  proc = run_evaluate(f"--embeddings={path}")
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads(proc.stdout.strip())
+  assert got == pytest.approx(evaluation.evaluate(uq, iq, lastfm), rel=1e-6)
+
+
+def write_bad_npz(tmp_path, case, lastfm):
+  path = str(tmp_path / f"{case}.npz")
+  ones = lambda n, d=8: np.ones((n, d), np.float32)  # noqa: E731
+  if case == "missing_file":
+    return str(tmp_path / "absent.npz")
+  if case == "user_rows":
+    np.savez(path, user_embeddings=ones(lastfm.num_users + 1), item_embeddings=ones(lastfm.num_items))
+  elif case == "missing_key":
+    np.savez(path, user_embeddings=ones(lastfm.num_users))
+  return path
+
+
+ERROR_CASES = [
+    # name, extra flags, fragments the one stderr line must contain
+    ("missing_file", (), ("file not found",)),
+    ("user_rows", (), ("user representation has 1893 rows", "1892 users")),
+    ("missing_key", (), ("missing key(s) item_embeddings",)),
+    ("k_too_large", ("--ks=20,5000",), ("K=5000 is larger than the number of items (4489)",)),
+]
+
+
+@pytest.mark.parametrize("name,flags,fragments", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_bad_input_is_one_error_line(lastfm, tmp_path, float_npz, name, flags, fragments):
+  path = float_npz[0] if name == "k_too_large" else write_bad_npz(tmp_path, name, lastfm)
+  proc = run_evaluate(f"--embeddings={path}", *flags)
+  assert proc.returncode != 0
+  assert proc.stdout == ""
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert lines[0].startswith("evaluate: error: ")
+  if name != "k_too_large":
+    assert path in lines[0]
+  for fragment in fragments:
+    assert fragment in lines[0]
