@@ -30,6 +30,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 10
   config.train.checkpoint_every = 10
 
+  # Quantizer of the final user and item embeddings (HQ-GNN). bits = none is plain LightGCN.
+  config.quant = ml_collections.ConfigDict()
+  config.quant.bits = "none"  # none, 1, 2, 3, 4 or 8
+  config.quant.estimator = "gste"  # ste or gste (Hessian-aware)
+  config.quant.delta = "trace"  # GSTE delta: trace (spec: Hutchinson Tr(H)/N), diagonal (ours), fixed
+  config.quant.fixed_delta = 1e-3  # delta of the fixed mode
+  config.quant.delta_every = 10  # T: recompute delta every T epochs (it starts at 0)
+  config.quant.delta_batches = 3  # mini-batches averaged per recomputation
+  config.quant.hutchinson_max_samples = 50
+  config.quant.hutchinson_rtol = 1e-3
+  config.quant.range_learning_rate = 1e-4  # Adam lr of the learnable range / 1-bit scale
+  config.quant.one_bit_scale = "matrix"  # matrix or row (BiGeaR-style per-row scale)
+  config.quant.init_num_std = 3.0  # initial range: mean -+ this many std of the initial embeddings
+
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (20, 50)
   config.eval.every = 50  # epochs between evaluations written to metrics.jsonl; 0 = only at the end

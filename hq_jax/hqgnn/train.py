@@ -27,6 +27,8 @@ from hq_jax.errors import NonFiniteLossError, UserError
 from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import lightgcn
 from hq_jax.hqgnn import sampling
+from hq_jax.quant import curvature
+from hq_jax.quant import module as quant_module
 from hq_jax.workdir import MetricsLog, device_description, now_iso, write_json
 
 
@@ -40,6 +42,33 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
   if config.train.batch_size < 1 or config.train.epochs < 0:
     raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
   evaluation.check_ks(config.eval.ks, data.num_items)
+  quantizer_config(config)
+  delta_config(config)
+
+
+def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
+  """The quantizer of `config.quant`, or None for full precision (`quant.bits = 'none'`)."""
+  bits = str(config.quant.bits).strip().lower()
+  if bits in ("none", "fp", "32", ""):
+    return None
+  try:
+    return quant_module.QuantizerConfig(
+        bits=int(bits), estimator=config.quant.estimator, one_bit_scale=config.quant.one_bit_scale,
+        init_num_std=config.quant.init_num_std)
+  except ValueError as e:
+    raise UserError(f"config.quant (bits={config.quant.bits!r}, estimator={config.quant.estimator!r}): {e}; "
+                    "bits must be none, 1, 2, 3, 4 or 8 and estimator ste or gste") from None
+
+
+def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
+  """How the GSTE's delta is set: from the Hessian trace (spec), its diagonal (ours), or fixed."""
+  q = config.quant
+  try:
+    return curvature.DeltaConfig(mode=q.delta, fixed_delta=q.fixed_delta, every_epochs=q.delta_every,
+                                 num_batches=q.delta_batches, max_samples=q.hutchinson_max_samples,
+                                 rtol=q.hutchinson_rtol)
+  except ValueError as e:
+    raise UserError(f"config.quant.delta={q.delta!r}: {e} (expected trace, diagonal or fixed)") from None
 
 
 @dataclasses.dataclass
@@ -63,7 +92,11 @@ def create_model(config: ml_collections.ConfigDict, data: InteractionData, seed:
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adam(config.train.learning_rate)
+  """Adam on the encoder; Adam with `quant.range_learning_rate` on the quantizer's range / scale."""
+  def labels(params):
+    return {name: jax.tree.map(lambda _: name, sub) for name, sub in params.items()}
+  return optax.multi_transform({"encoder": optax.adam(config.train.learning_rate),
+                                "quant": optax.adam(config.quant.range_learning_rate)}, labels)
 
 
 def final_embeddings(graphdef, params, graph, adjacency, *, aggregation: str, num_layers: int):
@@ -74,22 +107,50 @@ def final_embeddings(graphdef, params, graph, adjacency, *, aggregation: str, nu
   return model.split_nodes(nodes)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, aggregation: str, num_layers: int,
-                    num_users: int, decay: float):
-  """The jitted `train_step(params, opt_state, batch, weights, graph, adjacency) -> (params, opt_state, metrics)`."""
+def quantized_embeddings(graphdefs, params, deltas, graph, adjacency, *, aggregation: str, num_layers: int):
+  """The representations BPR scores: final embeddings, through the quantizer (x^) when there is one."""
+  users, items = final_embeddings(graphdefs["encoder"], params["encoder"], graph, adjacency,
+                                  aggregation=aggregation, num_layers=num_layers)
+  if "quant" in params:
+    quant = nnx.merge(graphdefs["quant"], params["quant"])
+    users, items = quant(users, items, deltas["users"], deltas["items"])
+  return users, items
 
-  def loss_fn(params, batch, weights, graph, adjacency):
-    users, items = final_embeddings(graphdef, params, graph, adjacency, aggregation=aggregation,
-                                    num_layers=num_layers)
+
+def representations(graphdefs, params, graph, adjacency, *, aggregation: str, num_layers: int):
+  """What evaluation ranks with and export stores: float embeddings, or the integer codes (QuantizedMatrix)."""
+  users, items = final_embeddings(graphdefs["encoder"], params["encoder"], graph, adjacency,
+                                  aggregation=aggregation, num_layers=num_layers)
+  if "quant" in params:
+    return nnx.merge(graphdefs["quant"], params["quant"]).quantized(users, items)
+  return users, items
+
+
+def bpr_of_representations(xhats, batch) -> jax.Array:
+  """BPR loss of a batch as a function of the (quantized) user and item matrices: the curvature target."""
+  users, items = xhats
+  triples, weights = batch
+  return lightgcn.bpr_loss(users[triples[:, 0]], items[triples[:, 1]], items[triples[:, 2]], weights)
+
+
+def make_train_step(graphdefs, tx: optax.GradientTransformation, *, aggregation: str, num_layers: int,
+                    num_users: int, decay: float):
+  """The jitted `train_step(params, opt_state, deltas, batch, weights, graph, adjacency)
+  -> (params, opt_state, metrics)`; `deltas` are the GSTE's (ignored without a GSTE quantizer)."""
+
+  def loss_fn(params, deltas, batch, weights, graph, adjacency):
+    users, items = quantized_embeddings(graphdefs, params, deltas, graph, adjacency, aggregation=aggregation,
+                                        num_layers=num_layers)
+    bpr = bpr_of_representations((users, items), (batch, weights))
     u, p, n = batch[:, 0], batch[:, 1], batch[:, 2]
-    bpr = lightgcn.bpr_loss(users[u], items[p], items[n], weights)
-    e0 = nnx.merge(graphdef, params).embedding[...]
+    e0 = nnx.merge(graphdefs["encoder"], params["encoder"]).embedding[...]
     reg = lightgcn.l2_regularizer(e0[u], e0[num_users + p], e0[num_users + n], weights)
     return bpr + decay * reg, {"bpr": bpr, "reg": reg}
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, batch, weights, graph, adjacency):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, weights, graph, adjacency)
+  def train_step(params, opt_state, deltas, batch, weights, graph, adjacency):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, deltas, batch, weights, graph,
+                                                                   adjacency)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
@@ -109,8 +170,31 @@ def epoch_batches(data: InteractionData, seed: int, epoch: int, batch_size: int)
   return triples.reshape(steps, batch_size, 3), weights.reshape(steps, batch_size)
 
 
-def _checkpoint_state(params, opt_state, epoch: int) -> dict:
-  return {"params": params, "opt_state": opt_state, "epoch": np.asarray(epoch, np.int32)}
+def _checkpoint_state(params, opt_state, deltas, epoch: int) -> dict:
+  return {"params": params, "opt_state": opt_state, "deltas": deltas, "epoch": np.asarray(epoch, np.int32)}
+
+
+def _mean_of(tree) -> dict:
+  return {name: float(jnp.mean(v)) for name, v in tree.items()}
+
+
+def export_arrays(users, items) -> dict:
+  """The export.npz arrays: float embeddings, or integer codes plus every scalar needed to dequantize."""
+  if isinstance(users, evaluation.QuantizedMatrix):
+    out = {"bits": np.asarray(users.bits, np.int32)}
+    for name, qm in (("user", users), ("item", items)):
+      out[f"{name}_codes"] = np.asarray(qm.codes)
+      out[f"{name}_scale"] = np.asarray(qm.scale, np.float32)
+      out[f"{name}_offset"] = np.asarray(qm.offset, np.float32)
+    return out
+  return {"user_embeddings": np.asarray(users), "item_embeddings": np.asarray(items)}
+
+
+def representation_bytes(users, items) -> int:
+  """Bytes of the stored user + item representation: bit-packed codes + float32 scalars, or float32."""
+  if isinstance(users, evaluation.QuantizedMatrix):
+    return users.nbytes_packed() + items.nbytes_packed()
+  return 4 * (int(np.size(users)) + int(np.size(items)))
 
 
 def _log(msg: str) -> None:
@@ -123,19 +207,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   data = load_dataset(config.data_dir)
   validate_config(config, data)
+  qconfig, dconfig = quantizer_config(config), delta_config(config)
   problem = create_problem(config, data)
+  static = dict(aggregation=config.model.aggregation, num_layers=config.model.num_layers)
 
   # ------------------------------------------------------------------------------------------------------
-  # Model and optimizer.
+  # Model (encoder + optional quantizer of its final embeddings) and optimizer.
   # ------------------------------------------------------------------------------------------------------
-  model = create_model(config, data, config.seed)
-  graphdef, params = nnx.split(model)
+  encoder = create_model(config, data, config.seed)
+  graphdefs, params = {}, {}
+  graphdefs["encoder"], params["encoder"] = nnx.split(encoder)
+  if qconfig is not None:
+    users0, items0 = jax.jit(functools.partial(final_embeddings, graphdefs["encoder"], **static))(
+        params["encoder"], problem.graph, problem.adjacency)
+    graphdefs["quant"], params["quant"] = nnx.split(quant_module.EmbeddingQuantizer(qconfig, users0, items0))
+    deltas = curvature.initial_deltas(dconfig, {"users": users0, "items": items0})
+  else:
+    deltas = {"users": jnp.zeros(()), "items": jnp.zeros(())}
+  uses_curvature = qconfig is not None and qconfig.estimator == "gste" and dconfig.mode != "fixed"
   tx = create_optimizer(config)
   opt_state = tx.init(params)
-  step_kwargs = dict(aggregation=config.model.aggregation, num_layers=config.model.num_layers)
-  train_step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay,
-                               **step_kwargs)
-  embed_fn = jax.jit(functools.partial(final_embeddings, graphdef, **step_kwargs))
+  train_step = make_train_step(graphdefs, tx, num_users=data.num_users, decay=config.train.decay, **static)
+  xhat_fn = jax.jit(functools.partial(quantized_embeddings, graphdefs, **static))
+  represent_fn = jax.jit(functools.partial(representations, graphdefs, **static))
 
   # ------------------------------------------------------------------------------------------------------
   # Checkpoint: resume if the workdir has one.
@@ -144,9 +238,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   start_epoch = 0
   if ckpt.latest_step() is not None:
-    abstract = jax.eval_shape(lambda: _checkpoint_state(params, opt_state, 0))
-    restored = ckpt.restore(abstract)
-    params, opt_state = restored["params"], restored["opt_state"]
+    abstract = jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0))
+    try:
+      restored = ckpt.restore(abstract)
+    except (ValueError, KeyError) as e:
+      raise UserError(f"{ckpt.directory}: checkpoint does not match this config (model, quantizer or "
+                      f"dataset changed?): {str(e).splitlines()[0]}") from None
+    params, opt_state, deltas = restored["params"], restored["opt_state"], restored["deltas"]
     start_epoch = int(restored["epoch"])
     metrics_log.truncate_after(start_epoch)
     _log(f"resumed from {ckpt.directory} at epoch {start_epoch}")
@@ -163,9 +261,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for epoch in range(start_epoch, epochs):
     t0 = time.time()
     batches, weights = epoch_batches(data, config.seed, epoch, config.train.batch_size)
+    if uses_curvature and curvature.deltas_due(dconfig, epoch):
+      xhats = xhat_fn(params, deltas, problem.graph, problem.adjacency)
+      estimate = curvature.update_deltas(
+          dconfig, bpr_of_representations, {"users": xhats[0], "items": xhats[1]},
+          [(batches[i], weights[i]) for i in range(min(dconfig.num_batches, len(batches)))],
+          jax.random.fold_in(jax.random.key(config.seed), epoch))
+      deltas = estimate.deltas
+      metrics_log.append({"step": epoch, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
+                          "curvature_per_element": _mean_of(estimate.curvature),
+                          "curvature_stderr": _mean_of(estimate.stderr),
+                          "hutchinson_samples": _mean_of(estimate.num_samples),
+                          "grad_std": _mean_of(estimate.grad_std)})
     losses = []
     for i in range(batches.shape[0]):
-      params, opt_state, metrics = train_step(params, opt_state, batches[i], weights[i], problem.graph,
+      params, opt_state, metrics = train_step(params, opt_state, deltas, batches[i], weights[i], problem.graph,
                                               problem.adjacency)
       losses.append(metrics["loss"])
     losses = np.asarray(jnp.stack(losses))
@@ -179,34 +289,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_time += dt
     done = epoch + 1
     if done % config.train.log_every == 0 or done == epochs:
+      extra = f"  delta {_mean_of(deltas)}" if uses_curvature else ""
       _log(f"epoch {done}/{epochs}  loss {losses.mean():.5f}  bpr {float(metrics['bpr']):.5f}  "
-           f"grad_norm {float(metrics['grad_norm']):.4f}  {dt:.2f} s/epoch")
+           f"grad_norm {float(metrics['grad_norm']):.4f}  {dt:.2f} s/epoch{extra}")
     record = None
     if config.eval.every and (done % config.eval.every == 0) and done != epochs:
-      users, items = embed_fn(params, problem.graph, problem.adjacency)
+      users, items = represent_fn(params, problem.graph, problem.adjacency)
       record = {"step": done, "epoch": done, "loss": float(losses.mean()),
                 **evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks),
                                       batch_size=config.eval.batch_size)}
+      if qconfig is not None:
+        record["delta"] = _mean_of(deltas)
       _log("  eval " + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if "@" in k))
     if done % config.train.checkpoint_every == 0 or done == epochs:
-      ckpt.save(done, _checkpoint_state(params, opt_state, done))
+      ckpt.save(done, _checkpoint_state(params, opt_state, deltas, done))
       last_good = done
     if record is not None:  # logged after the checkpoint that covers it, so a resume never duplicates it
       metrics_log.append(record)
   ckpt.close()
 
   # ------------------------------------------------------------------------------------------------------
-  # Final evaluation and export.
+  # Final evaluation and export: the metrics are computed from exactly what export.npz stores.
   # ------------------------------------------------------------------------------------------------------
-  users, items = embed_fn(params, problem.graph, problem.adjacency)
-  users, items = np.asarray(users), np.asarray(items)
+  users, items = jax.device_get(represent_fn(params, problem.graph, problem.adjacency))
   final = evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks), batch_size=config.eval.batch_size)
-  np.savez(os.path.join(workdir, "export.npz"), user_embeddings=users, item_embeddings=items)
+  np.savez(os.path.join(workdir, "export.npz"), **export_arrays(users, items))
   metrics_log.append({"step": epochs, "epoch": epochs, "final": True, **final})
+  stored = representation_bytes(users, items)
   results = {
       "config": config.to_dict(),
       "dataset": data.summary,
+      "model": "lightgcn" if qconfig is None else f"hqgnn-{qconfig.bits}bit-{qconfig.estimator}",
       "metrics": final,
+      "representation_bytes": stored,
+      "compression_ratio": 4 * (data.num_users + data.num_items) * config.model.dim / stored,
       "epochs": epochs,
       "resumed_from_epoch": start_epoch,
       "train_seconds_this_run": train_time,
@@ -216,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "finished": now_iso(),
       "export": "export.npz",
   }
+  if qconfig is not None:
+    results["final_delta"] = _mean_of(deltas)
   write_json(os.path.join(workdir, "results.json"), results)
   return results
 

@@ -1,0 +1,38 @@
+"""Low-bit quantization of embedding matrices, its gradient estimators and curvature (HQ-GNN).
+
+* `quantizer`: pure quantize / dequantize for b = 1, 2, 3, 4, 8 and the `QuantizedMatrix` pytree.
+* `estimators`: `fake_quant` (forward = the quantizer, backward = STE or GSTE) as `jax.custom_vjp`s.
+* `curvature`: Hessian-vector products, Hutchinson trace / diagonal, and the GSTE's delta.
+* `module`: `EmbeddingQuantizer`, the Flax NNX holder of the user and item quantizer parameters.
+"""
+
+from hq_jax.quant.curvature import block_fn
+from hq_jax.quant.curvature import DeltaConfig
+from hq_jax.quant.curvature import DeltaEstimate
+from hq_jax.quant.curvature import deltas_due
+from hq_jax.quant.curvature import estimate_deltas
+from hq_jax.quant.curvature import gste_delta
+from hq_jax.quant.curvature import gste_delta_elementwise
+from hq_jax.quant.curvature import hutchinson_diagonal
+from hq_jax.quant.curvature import hutchinson_trace
+from hq_jax.quant.curvature import HutchinsonEstimate
+from hq_jax.quant.curvature import hvp
+from hq_jax.quant.curvature import hvp_rev_rev
+from hq_jax.quant.curvature import initial_deltas
+from hq_jax.quant.curvature import update_deltas
+from hq_jax.quant.estimators import fake_quant
+from hq_jax.quant.estimators import gste_grad
+from hq_jax.quant.estimators import gste_sign
+from hq_jax.quant.estimators import gste_uniform
+from hq_jax.quant.estimators import init_qparams
+from hq_jax.quant.estimators import ste_sign
+from hq_jax.quant.estimators import ste_uniform
+from hq_jax.quant.estimators import to_quantized_matrix
+from hq_jax.quant.module import EmbeddingQuantizer
+from hq_jax.quant.module import MatrixQuantizer
+from hq_jax.quant.module import QuantizerConfig
+from hq_jax.quant.module import QuantParam
+from hq_jax.quant.quantizer import dequantize
+from hq_jax.quant.quantizer import quantize
+from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.quant.quantizer import SUPPORTED_BITS
