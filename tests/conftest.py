@@ -23,3 +23,10 @@ def subprocess_env() -> dict:
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   env.setdefault("JAX_PLATFORMS", "cpu")
   return env
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_ctr_cache(tmp_path_factory):
+  """Keeps the CTR preprocessing cache of the whole test session in a temporary folder."""
+  os.environ["HQ_JAX_CACHE"] = str(tmp_path_factory.mktemp("hq_jax_cache"))
+  yield

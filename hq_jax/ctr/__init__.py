@@ -1,0 +1,1 @@
+"""CTR prediction with mixed-precision embeddings (MPE): data, models, quantizers and training."""
