@@ -23,7 +23,7 @@ representation"). Ties are broken by the lower item id (`lax.top_k`'s documented
 
 import functools
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,15 +100,6 @@ def float_scores(user_rows: jax.Array, item_rep: jax.Array) -> jax.Array:
   return jnp.dot(user_rows, item_rep.T, precision=jax.lax.Precision.HIGHEST)
 
 
-def _take_rows(rep, rows: jax.Array):
-  """Rows `rows` of a float matrix or a QuantizedMatrix (a per-row scale is gathered too)."""
-  if isinstance(rep, QuantizedMatrix):
-    scale = rep.scale[rows] if jnp.ndim(rep.scale) == 2 else rep.scale
-    offset = rep.offset[rows] if jnp.ndim(rep.offset) == 2 else rep.offset
-    return QuantizedMatrix(codes=rep.codes[rows], scale=scale, offset=offset, bits=rep.bits)
-  return rep[rows]
-
-
 def _lowest(dtype) -> jax.Array:
   """A score below every real score: -inf for floats, the minimum for integers."""
   if jnp.issubdtype(dtype, jnp.floating):
@@ -124,7 +115,7 @@ def _pairs_mask(rows: jax.Array, cols: jax.Array, shape: tuple[int, int]) -> jax
 def _masked_topk(user_rep, item_rep, users, train_rows, train_cols, *, k: int,
                  score_fn: Callable) -> tuple[jax.Array, jax.Array]:
   """Top-k item ids per user with training items excluded; also returns the (B, I) exclusion mask."""
-  scores = score_fn(_take_rows(user_rep, users), item_rep)
+  scores = score_fn(user_rep[users], item_rep)
   if jnp.issubdtype(scores.dtype, jnp.unsignedinteger):
     scores = scores.astype(jnp.int32)  # so that the exclusion value sits strictly below a score of 0
   if jnp.issubdtype(scores.dtype, jnp.floating):
@@ -218,8 +209,8 @@ def check_ks(ks: Sequence[int], num_items: int) -> tuple[int, ...]:
 
 
 def check_representations(user_rep: Representation, item_rep: Representation,
-                          data: InteractionData) -> Callable:
-  """Checks shapes and kinds against `data`; returns the scoring function for the pair.
+                          data: InteractionData) -> None:
+  """Checks shapes and kinds against `data`.
 
   Raises:
     UserError: rows that do not match the dataset's users/items, differing dims, a float/quantized mix,
@@ -239,20 +230,27 @@ def check_representations(user_rep: Representation, item_rep: Representation,
   if user_rep.shape[1] != item_rep.shape[1]:
     raise UserError(f"user dim {user_rep.shape[1]} differs from item dim {item_rep.shape[1]}")
   if quantized[0]:
-    from hq_jax.retrieval import ranking_scores  # pylint: disable=g-import-not-at-top
-    return ranking_scores
+    return
   for what, rep in (("user", user_rep), ("item", item_rep)):
     if not jnp.issubdtype(rep.dtype, jnp.floating):
       raise UserError(f"{what} embeddings must be floating point, got {rep.dtype}")
     if not np.isfinite(np.asarray(rep)).all():
       raise UserError(f"{what} embeddings contain non-finite values")
-  return float_scores
 
 
-def _as_device(rep):
-  if isinstance(rep, QuantizedMatrix):
-    return jax.tree.map(jnp.asarray, rep)
-  return jnp.asarray(rep)
+def _prepare(user_rep: Representation, item_rep: Representation) -> tuple[Any, Any, Callable]:
+  """(user rows, item side, score_fn) with `score_fn(user_rows[batch], item_side) -> (B, I)` jittable.
+
+  Float pairs score by <e_u, e_i>. Quantized pairs are ranked from their integer codes: the item side is
+  `hq_jax.retrieval`'s prepared table (built once, on the host, with the exact per-item correction terms)
+  and the user rows are the codes in the layout its integer kernels read.
+  """
+  if isinstance(user_rep, QuantizedMatrix):
+    from hq_jax.retrieval import scoring  # pylint: disable=g-import-not-at-top
+    method = scoring.default_method(user_rep.bits)
+    table = scoring.prepare_items(item_rep, user_rep, method)
+    return scoring.prepare_users(user_rep, method), table, scoring.table_keys
+  return jnp.asarray(user_rep), jnp.asarray(item_rep), float_scores
 
 
 def topk_items(user_rep: Representation, item_rep: Representation, data: InteractionData,
@@ -267,13 +265,13 @@ def topk_items(user_rep: Representation, item_rep: Representation, data: Interac
     (len(users), k) int32 item ids, best first.
   """
   (k,) = check_ks((k,), data.num_items)
-  score_fn = check_representations(user_rep, item_rep, data)
+  check_representations(user_rep, item_rep, data)
   users = np.asarray(users, np.int64).reshape(-1)
   if users.size and (users.min() < 0 or users.max() >= data.num_users):
     raise UserError(f"users: ids must be in [0, {data.num_users}), got {users.min()}..{users.max()}")
   if users.size == 0:
     return np.zeros((0, k), np.int32)
-  user_rep, item_rep = _as_device(user_rep), _as_device(item_rep)
+  user_rep, item_rep, score_fn = _prepare(user_rep, item_rep)
   batch_size = max(1, min(batch_size, users.size))
   out = []
   for batch_users, valid, [(rows, cols)] in _padded_batches([data.train], users, batch_size):
@@ -298,13 +296,13 @@ def evaluate(user_rep: Representation, item_rep: Representation, data: Interacti
     {"recall@K": float, "ndcg@K": float for each K, "num_eval_users": int}.
   """
   ks = check_ks(ks, data.num_items)
-  score_fn = check_representations(user_rep, item_rep, data)
+  check_representations(user_rep, item_rep, data)
   if batch_size <= 0:
     raise UserError(f"batch_size must be positive, got {batch_size}")
   users = data.test_users()
   if users.size == 0:
     raise UserError(f"dataset {data.name!r} has no user with a test item: nothing to evaluate")
-  user_rep, item_rep = _as_device(user_rep), _as_device(item_rep)
+  user_rep, item_rep, score_fn = _prepare(user_rep, item_rep)
   num_test_all = data.test.row_lengths()
   batch_size = min(batch_size, users.size)
   sums, result = None, {}

@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.quant.delta_batches = 3  # mini-batches averaged per recomputation
   config.quant.hutchinson_max_samples = 50
   config.quant.hutchinson_rtol = 1e-3
-  config.quant.range_learning_rate = 1e-4  # Adam lr of the learnable range / 1-bit scale
+  config.quant.range_learning_rate = 1e-3  # Adam lr of the learnable range / 1-bit scale (spec: 1e-5..1e-3)
   config.quant.one_bit_scale = "matrix"  # matrix or row (BiGeaR-style per-row scale)
   config.quant.init_num_std = 3.0  # initial range: mean -+ this many std of the initial embeddings
 

@@ -127,8 +127,8 @@ def representations(graphdefs, params, graph, adjacency, *, aggregation: str, nu
 
 
 def bpr_of_representations(xhats, batch) -> jax.Array:
-  """BPR loss of a batch as a function of the (quantized) user and item matrices: the curvature target."""
-  users, items = xhats
+  """BPR loss of a batch as a function of the quantized matrices {'users', 'items'}: the curvature target."""
+  users, items = xhats["users"], xhats["items"]
   triples, weights = batch
   return lightgcn.bpr_loss(users[triples[:, 0]], items[triples[:, 1]], items[triples[:, 2]], weights)
 
@@ -141,7 +141,7 @@ def make_train_step(graphdefs, tx: optax.GradientTransformation, *, aggregation:
   def loss_fn(params, deltas, batch, weights, graph, adjacency):
     users, items = quantized_embeddings(graphdefs, params, deltas, graph, adjacency, aggregation=aggregation,
                                         num_layers=num_layers)
-    bpr = bpr_of_representations((users, items), (batch, weights))
+    bpr = bpr_of_representations({"users": users, "items": items}, (batch, weights))
     u, p, n = batch[:, 0], batch[:, 1], batch[:, 2]
     e0 = nnx.merge(graphdefs["encoder"], params["encoder"]).embedding[...]
     reg = lightgcn.l2_regularizer(e0[u], e0[num_users + p], e0[num_users + n], weights)
