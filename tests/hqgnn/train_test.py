@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import hqgnn_test
+from hq_jax import evaluation
 from hq_jax.checkpoint import Checkpointer
+from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import NonFiniteLossError, UserError
 from hq_jax.hqgnn import train
 
@@ -81,4 +83,47 @@ def test_bad_config_values(tmp_path):
   config = _config()
   config.eval.ks = (20, 100000)
   with pytest.raises(UserError, match="100000"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("bits,estimator,delta", [("1", "gste", "trace"), ("2", "ste", "trace"),
+                                                  ("4", "gste", "diagonal"), ("8", "gste", "fixed")])
+def test_quantized_training_exports_codes_that_reproduce_metrics(tmp_path, bits, estimator, delta):
+  config = _config(epochs=2)
+  config.quant.bits, config.quant.estimator, config.quant.delta = bits, estimator, delta
+  config.quant.delta_every = 1
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["model"] == f"hqgnn-{bits}bit-{estimator}"
+  export = dict(np.load(tmp_path / "export.npz"))
+  assert int(export["bits"]) == int(bits)
+  assert export["user_codes"].shape == (1892, 16) and export["item_codes"].shape == (4489, 16)
+  if bits == "1":
+    assert set(np.unique(export["user_codes"])) <= {-1, 1}
+  else:
+    assert export["item_codes"].dtype == np.uint8 and export["item_codes"].max() < 2 ** int(bits)
+  # Stored bytes: bit-packed codes plus the float32 scalars.
+  want_bytes = (1892 + 4489) * ((16 * int(bits) + 7) // 8) + 4 * 4
+  assert results["representation_bytes"] == want_bytes
+  # The exported codes alone reproduce the reported metrics.
+  user_rep, item_rep = evaluation.load_embeddings(str(tmp_path / "export.npz"))
+  again = evaluation.evaluate(user_rep, item_rep, load_dataset(None), ks=(20, 50))
+  assert again == results["metrics"]
+  events = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  deltas = [e for e in events if e.get("event") == "delta"]
+  if estimator == "gste" and delta != "fixed":
+    assert [e["step"] for e in deltas] == [1]
+    assert all(np.isfinite(v) and v >= 0 for v in deltas[0]["delta"].values())
+    assert all(np.isfinite(v) for v in deltas[0]["curvature_per_element"].values())
+  else:
+    assert not deltas
+
+
+def test_bad_quant_config(tmp_path):
+  config = _config()
+  config.quant.bits = "5"
+  with pytest.raises(UserError, match="bits"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config = _config()
+  config.quant.bits, config.quant.delta = "1", "hessian"
+  with pytest.raises(UserError, match="delta"):
     train.train_and_evaluate(config, str(tmp_path))
