@@ -1,0 +1,183 @@
+"""Retrieval benchmark: JAX search methods against FAISS on the same vectors, K and users.
+
+Library side of `experiments/bench_retrieval.py`. Every timing is a median over repeated full runs (all
+query users, results fetched to the host, which waits for the device), after a warm-up run that also
+compiles every shape. Compile time is measured apart, as the ahead-of-time lower + compile of the search
+for the first batch's shapes (the first run's excess over the median is kept too). Throughput is
+set against a measured memory bandwidth (a jitted reduction over a large array): each user batch reads the
+whole item table once, so code bytes read = batches * table bytes.
+"""
+
+import dataclasses
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hq_jax.errors import UserError
+from hq_jax.quant.quantizer import quantize
+from hq_jax.retrieval import scoring
+from hq_jax.retrieval.topk import exclusion_pairs, pad_table, search_blocks, search_prepared
+
+JAX_METHODS = {  # name -> (bits, scoring method)
+    "float32": (0, "float"),
+    "1bit_xor_popcount": (1, "hamming"),
+    "1bit_sign_matmul": (1, "sign_matmul"),
+    "1bit_sign_int8": (1, "int8"),
+    "2bit_int_matmul": (2, "int_matmul"),
+    "4bit_int_matmul": (4, "int_matmul"),
+    "4bit_int8": (4, "int8"),
+    "8bit_int_matmul": (8, "int_matmul"),
+    "8bit_int8": (8, "int8"),
+}
+FAISS_METHODS = ("faiss_flat_ip", "faiss_binary_flat", "faiss_sq8", "faiss_sq4")
+
+
+def timed_runs(fn, repeats: int) -> dict:
+  """Runs fn once (warm-up and compilation) and `repeats` more times; returns the timings and last result."""
+  t0 = time.perf_counter()
+  out = fn()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn()
+    times.append(time.perf_counter() - t0)
+  median = statistics.median(times)
+  return {"first_s": first, "median_s": median, "times_s": times,
+          "first_run_excess_s": max(first - median, 0.0), "result": out}
+
+
+def compile_seconds(prepared: jax.Array, blocked: scoring.ItemTable, w: "Workload", batch_users: int) -> float:
+  """Ahead-of-time lower + compile time of the search for the first user batch's shapes."""
+  batch = min(batch_users, len(w.users))
+  rows, cols = exclusion_pairs(w.indptr, w.indices, w.users[:batch], batch)
+  t0 = time.perf_counter()
+  search_blocks.lower(prepared[:batch], blocked, jnp.asarray(rows), jnp.asarray(cols), k=w.k,
+                      num_items=w.item_emb.shape[0]).compile()
+  return time.perf_counter() - t0
+
+
+def measure_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
+  """Device read bandwidth in bytes/s: a jitted sum over an `nbytes` float32 array (median of repeats)."""
+  x = jnp.ones((nbytes // 4,), jnp.float32)
+  f = jax.jit(jnp.sum)
+  f(x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(x).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return nbytes / statistics.median(times)
+
+
+def table_nbytes(table: scoring.ItemTable) -> int:
+  """Bytes of the item data the search reads (codes in their search layout plus per-item terms)."""
+  return int(sum(v.nbytes for v in jax.tree.leaves(table)))
+
+
+def recall_at_k(pred: np.ndarray, ref: np.ndarray) -> float:
+  """Mean over users of |pred_u & ref_u| / |ref_u| (ids -1 ignored)."""
+  hits, total = 0, 0
+  for p, r in zip(pred, ref):
+    r = set(r[r >= 0].tolist())
+    hits += len(r & set(p[p >= 0].tolist()))
+    total += len(r)
+  return hits / max(total, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """What every method searches: float embeddings (quantized per method), users, exclusions and K."""
+
+  user_emb: np.ndarray  # (num_users, d) float32
+  item_emb: np.ndarray  # (num_items, d) float32
+  users: np.ndarray  # query user ids
+  indptr: np.ndarray  # exclusions CSR over all users
+  indices: np.ndarray
+  k: int
+
+
+def run_jax_method(w: Workload, name: str, *, batch_users: int, block_items: int, repeats: int,
+                   bandwidth: float) -> dict:
+  bits, method = JAX_METHODS[name]
+  ur = quantize(w.user_emb, bits) if bits else w.user_emb
+  ir = quantize(w.item_emb, bits) if bits else w.item_emb
+  t0 = time.perf_counter()
+  table = scoring.prepare_items(ir, ur, method)
+  prepared = scoring.prepare_users(ur, method)
+  blocked, block = pad_table(table, block_items)
+  jax.block_until_ready((blocked, prepared))
+  prepare_s = time.perf_counter() - t0
+  compile_s = compile_seconds(prepared, blocked, w, batch_users)
+  run = timed_runs(lambda: search_prepared(prepared, blocked, w.item_emb.shape[0], w.indptr, w.indices,
+                                           w.users, w.k, batch_users=batch_users), repeats)
+  nq, ni = len(w.users), w.item_emb.shape[0]
+  batches = -(-nq // min(batch_users, nq))
+  read = batches * table_nbytes(table)
+  t = run["median_s"]
+  return {"method": name, "bits": bits, "kind": table.kind, "exact_key": table.exact, "prepare_s": prepare_s,
+          "compile_s": compile_s, "first_run_excess_s": run["first_run_excess_s"], "median_s": t,
+          "times_s": run["times_s"], "queries_per_s": nq / t,
+          "items_scored_per_s": nq * ni / t, "code_bytes": table_nbytes(table), "bytes_read_per_s": read / t,
+          "roofline_ratio": read / t / bandwidth, "block_items": block, "items": run["result"][1]}
+
+
+def run_faiss_method(w: Workload, name: str, *, repeats: int, threads: int) -> dict:
+  """One FAISS index over the same float vectors: time the plain top-K search, then filter exclusions.
+
+  FAISS cannot exclude per-user items, so the timed search is plain top-K (what the issue's targets
+  measure) and a second, untimed-for-ratios search for K + (most excluded items of a query user) gives the
+  excluded-filtered lists that recall is computed on.
+  """
+  import faiss  # the `bench` extra; checked by the caller
+
+  faiss.omp_set_num_threads(threads)
+  d = w.item_emb.shape[1]
+  queries = np.ascontiguousarray(w.user_emb[w.users])
+  t0 = time.perf_counter()
+  if name == "faiss_binary_flat":
+    if d % 8:
+      raise UserError(f"faiss IndexBinaryFlat needs d divisible by 8, got {d}")
+    index = faiss.IndexBinaryFlat(d)
+    index.add(np.packbits(w.item_emb >= 0, axis=1))
+    queries = np.packbits(queries >= 0, axis=1)
+  elif name == "faiss_flat_ip":
+    index = faiss.IndexFlatIP(d)
+    index.add(np.ascontiguousarray(w.item_emb))
+  else:
+    qtype = {"faiss_sq8": faiss.ScalarQuantizer.QT_8bit, "faiss_sq4": faiss.ScalarQuantizer.QT_4bit}[name]
+    index = faiss.IndexScalarQuantizer(d, qtype, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(w.item_emb))
+    index.add(np.ascontiguousarray(w.item_emb))
+  build_s = time.perf_counter() - t0
+  run = timed_runs(lambda: index.search(queries, w.k), repeats)
+  lengths = w.indptr[w.users + 1] - w.indptr[w.users]
+  extra = int(lengths.max(initial=0))
+  t0 = time.perf_counter()
+  _, ids = index.search(queries, w.k + extra)
+  filtered_s = time.perf_counter() - t0
+  items = np.full((len(w.users), w.k), -1, np.int64)
+  for row, u in enumerate(w.users):
+    excluded = set(w.indices[w.indptr[u]:w.indptr[u + 1]].tolist())
+    keep = [i for i in ids[row].tolist() if i >= 0 and i not in excluded][:w.k]
+    items[row, :len(keep)] = keep
+  nq, ni = len(w.users), w.item_emb.shape[0]
+  t = run["median_s"]
+  return {"method": name, "build_s": build_s, "median_s": t, "times_s": run["times_s"], "queries_per_s": nq / t,
+          "items_scored_per_s": nq * ni / t, "search_k_plus_excluded_s": filtered_s,
+          "search_k_plus_excluded": w.k + extra, "items": items}
+
+
+def markdown_table(rows: list[dict]) -> str:
+  head = ("| method | median s | compile s | queries/s | items scored/s | code bytes | bytes read/s | "
+          "roofline | recall@K vs float |")
+  lines = [head, "|" + " --- |" * 9]
+  for r in rows:
+    g = lambda key, fmt: format(r[key], fmt) if key in r else "-"
+    lines.append(f"| {r['method']} | {g('median_s', '.3f')} | {g('compile_s', '.2f')} | "
+                 f"{g('queries_per_s', '.4g')} | {g('items_scored_per_s', '.3g')} | {g('code_bytes', 'd')} | "
+                 f"{g('bytes_read_per_s', '.3g')} | {g('roofline_ratio', '.3f')} | {g('recall', '.4f')} |")
+  return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Retrieval with the items sharded over a device mesh.
+
+Items are split into equal contiguous shards along the mesh axis "items" (padded to whole blocks per
+shard); every device runs the blocked top-K of `scan_search` on its shard under `jax.shard_map`, and
+the per-shard (B, K) results are merged into the global top K. The merge lists shards in id order, so on
+equal keys the lower id wins, as in the single-device search; the result is identical to it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from hq_jax.retrieval import scoring
+# `hq_jax.retrieval.topk` the attribute is the function (re-exported); import from the module by path.
+from hq_jax.retrieval.topk import block_size, check_topk_args, empty_result, scan_search, search_prepared
+
+AXIS = "items"
+
+
+def item_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh over the first `num_devices` devices (default: all), axis "items"."""
+  n = num_devices or jax.device_count()
+  return jax.make_mesh((n,), (AXIS,), devices=jax.devices()[:n])
+
+
+def shard_table(table: scoring.ItemTable, mesh: jax.sharding.Mesh, block_items: int):
+  """Pads and blocks the table so each shard holds whole blocks; places it sharded over the mesh.
+
+  Returns the blocked table (leaves (num_shards * blocks_per_shard, block, ...)) and the items per shard.
+  """
+  n = mesh.shape[AXIS]
+  per_shard = -(-table.num_items // n)
+  block = block_size(per_shard, block_items)
+  blocks_per_shard = -(-per_shard // block)
+  shard_items = blocks_per_shard * block
+  padded = table.pad_to(n * shard_items)
+  blocked = jax.tree.map(lambda v: v.reshape((-1, block) + v.shape[1:]), padded)
+  return jax.device_put(blocked, NamedSharding(mesh, P(AXIS))), shard_items
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "k", "num_items", "shard_items"))
+def sharded_search(users, table, rows, cols, *, mesh, k: int, num_items: int, shard_items: int):
+  """Top-k of `users` over a table placed by `shard_table`: per-shard search, then a global merge."""
+
+  def local(users, table, rows, cols):
+    offset = jax.lax.axis_index(AXIS).astype(jnp.int32) * shard_items
+    init = jax.lax.pcast(empty_result(users.shape[0], k), (AXIS,), to="varying")
+    vals, ids = scan_search(users, table, rows, cols, offset, k=k, num_items=num_items, init=init)
+    return vals[None], ids[None]
+
+  vals, ids = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
+                            out_specs=(P(AXIS), P(AXIS)))(users, table, rows, cols)
+  # (shards, B, k) -> (B, shards * k), shard 0 first: ties go to the lower id.
+  batch = users.shape[0]
+  replicated = NamedSharding(mesh, P())
+  vals, ids = jax.sharding.reshard(vals, replicated), jax.sharding.reshard(ids, replicated)
+  vals = jnp.transpose(vals, (1, 0, 2)).reshape(batch, -1)
+  ids = jnp.transpose(ids, (1, 0, 2)).reshape(batch, -1)
+  top, pos = jax.lax.top_k(vals, k)
+  out = jnp.take_along_axis(ids, pos, axis=1)
+  return top, jnp.where(jnp.isneginf(top), -1, out)
+
+
+def sharded_topk(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int, *,
+                 mesh: jax.sharding.Mesh | None = None, block_items: int = 65536, batch_users: int = 1024,
+                 method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+  """`topk` with the items sharded over `mesh` (default: all devices); same arguments and result."""
+  mesh = mesh or item_mesh()
+  users = np.asarray(users, np.int64).reshape(-1)
+  exclude_indptr = np.asarray(exclude_indptr, np.int64)
+  exclude_indices = np.asarray(exclude_indices, np.int32)
+  num_users = int(np.shape(scoring._array(user_rep))[0])
+  num_items = int(np.shape(scoring._array(item_rep))[0])
+  check_topk_args(num_users, num_items, users, k, exclude_indptr)
+  method = scoring.default_method(scoring.rep_bits(user_rep)) if method == "auto" else method
+  table = scoring.prepare_items(item_rep, user_rep, method)
+  prepared = scoring.prepare_users(user_rep, method)
+  placed, shard_items = shard_table(table, mesh, block_items)
+  fn = functools.partial(sharded_search, mesh=mesh, k=k, num_items=num_items, shard_items=shard_items)
+  return search_prepared(prepared, placed, num_items, exclude_indptr, exclude_indices, users, k,
+                                  batch_users=batch_users, search_fn=fn)

@@ -1,0 +1,88 @@
+"""Blocked top-K equals a NumPy reference on the dequantized embeddings (ties by item id)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import retrieval_ref as ref
+
+from hq_jax.errors import UserError
+from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.retrieval.topk import exclusion_pairs, topk
+
+NU, NI, D, K = 37, 1000, 19, 8
+
+
+def _exclusions(rng, nu, ni, max_len):
+  lens = rng.integers(0, max_len, nu)
+  lens[0] = ni - 3  # one user with only 3 eligible items: -1 padding in the result
+  indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+  indices = np.concatenate([np.sort(rng.choice(ni, n, replace=False)) for n in lens]).astype(np.int32)
+  return indptr, indices
+
+
+def _rep(rng, n, bits, scale, offset, per_row=False):
+  if bits == 0:  # small dyadic floats: the float32 matmul is exact, ties are real ties
+    return (rng.integers(-4, 5, (n, D)) / 4).astype(np.float32)
+  if bits == 1:
+    codes = jnp.asarray(rng.choice([-1, 1], (n, D)), jnp.int8)
+    s = rng.choice([0.25, 0.5, 0.75], (n, 1)) if per_row else scale
+    return QuantizedMatrix(codes, jnp.asarray(s, jnp.float32), jnp.float32(0), 1)
+  codes = jnp.asarray(rng.integers(0, 1 << bits, (n, D)), jnp.uint8)
+  return QuantizedMatrix(codes, jnp.float32(scale), jnp.float32(offset), bits)
+
+
+CASES = [  # name, bits, method, user (scale, offset), item (scale, offset), per-row item scale
+    ("float", 0, "float", None, None, False),
+    ("1bit_hamming", 1, "hamming", (0.5, 0), (0.25, 0), False),
+    ("1bit_sign_matmul", 1, "sign_matmul", (0.5, 0), (0.25, 0), False),
+    ("1bit_sign_int8", 1, "int8", (0.5, 0), (0.25, 0), False),
+    ("1bit_hamming_row_scale", 1, "hamming", (0.5, 0), (0.25, 0), True),
+    ("2bit", 2, "int_matmul", (0.125, -0.25), (0.25, -0.375), False),
+    ("4bit_int8", 4, "int8", (0.0625, -0.4375), (0.03125, -0.25), False),
+    ("8bit_int8", 8, "int8", (2.0**-7, -1.0), (2.0**-6, -2.0), False),
+    ("8bit_matmul", 8, "int_matmul", (2.0**-7, -1.0), (2.0**-6, -2.0), False),
+]
+
+
+@pytest.mark.parametrize("name, bits, method, u, i, per_row", CASES, ids=[c[0] for c in CASES])
+def test_matches_reference(name, bits, method, u, i, per_row):
+  rng = np.random.default_rng(len(name))
+  users = _rep(rng, NU, bits, *(u or (0, 0)))
+  items = _rep(rng, NI, bits, *(i or (0, 0)), per_row=per_row)
+  indptr, indices = _exclusions(rng, NU, NI, 60)
+  query = np.array([5, 0, 3, 36, 3, 17, 9])  # a repeated user, unsorted
+  # Small blocks and batches: several blocks (with a padded last one) and a padded last user batch.
+  scores, items_out = topk(users, items, indptr, indices, query, K, block_items=96, batch_users=4,
+                                    method=method)
+  want = ref.reference_topk(ref.dyadic_scores(users, items), indptr, indices, query, K)
+  np.testing.assert_array_equal(items_out, want)
+  assert np.isneginf(scores[items_out == -1]).all() and np.isfinite(scores[items_out >= 0]).all()
+  assert (scores[:, 1:] <= scores[:, :-1]).all()
+  assert (items_out[1, 3:] == -1).all()  # user 0 has 3 eligible items
+
+
+def test_all_ties_come_in_id_order():
+  users = np.ones((2, 4), np.float32)
+  items = np.zeros((300, 4), np.float32)
+  indptr, indices = np.array([0, 2, 2]), np.array([1, 40], np.int32)
+  _, out = topk(users, items, indptr, indices, np.array([0, 1]), 5, block_items=64)
+  np.testing.assert_array_equal(out, [[0, 2, 3, 4, 5], [0, 1, 2, 3, 4]])
+
+
+@pytest.mark.parametrize("name, k, users, message", [
+    ("k_too_large", 11, [0], "k=11 must be between 1 and the number of items"),
+    ("k_zero", 0, [0], "k=0"),
+    ("user_out_of_range", 3, [0, 2], r"user ids must lie in \[0, 2\)"),
+])
+def test_user_errors(name, k, users, message):
+  x = np.ones((2, 3), np.float32)
+  with pytest.raises(UserError, match=message):
+    topk(x, np.ones((10, 3), np.float32), np.zeros(3, np.int64), np.zeros(0, np.int32),
+                  np.array(users), k)
+
+
+def test_exclusion_pairs_pad_to_power_of_two():
+  rows, cols = exclusion_pairs(np.array([0, 2, 2, 5]), np.array([1, 4, 0, 2, 3], np.int32),
+                                        np.array([2, 0]), batch=2, min_size=4)
+  np.testing.assert_array_equal(rows, [0, 0, 0, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(cols[:5], [0, 2, 3, 1, 4])
