@@ -1,0 +1,82 @@
+"""Times one jitted train step of the MPE search and retrain against the full-precision step.
+
+`python -m experiments.bench_mpe_step --num_features=1000000 --num_fields=20 --batch_size=10000`
+
+Random ids and labels (the step's cost does not depend on their values), the same backbone for every method;
+each step is compiled and warmed up, then timed `--reps` times with `block_until_ready`, and the median is
+reported. Prints a markdown table (and writes it to `--output` if given) with command, machine and date.
+"""
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from hq_jax import cli, workdir
+from hq_jax.ctr import train
+
+_N = flags.DEFINE_integer("num_features", 1_000_000, "Rows of the embedding table.")
+_F = flags.DEFINE_integer("num_fields", 20, "Fields per sample.")
+_B = flags.DEFINE_integer("batch_size", 10_000, "Batch size.")
+_D = flags.DEFINE_integer("dim", 16, "Embedding dimension.")
+_HIDDEN = flags.DEFINE_list("hidden", ["256", "256"], "MLP hidden sizes.")
+_REPS = flags.DEFINE_integer("reps", 20, "Timed steps per method.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_METHODS = flags.DEFINE_list("methods", ["fp", "mpe-search", "mpe-retrain", "lsq", "alpt", "qr"],
+                             "Steps to time.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this file.")
+
+
+def time_step(method: str, ids, labels, counts) -> float:
+  """Median seconds of one train step of `method` ('mpe-search' / 'mpe-retrain' for the two MPE phases)."""
+  config = train.default_config()
+  config.method = method.split("-")[0]
+  config.model.dim, config.model.hidden = _D.value, tuple(int(h) for h in _HIDDEN.value)
+  model = train.create_model(config, _N.value, _F.value, counts)
+  phase = method.split("-")[1] if "-" in method else None
+  if phase == "retrain":  # Frozen widths spread over 0..6 as a search would leave them.
+    model.embedding.group_bits[...] = jnp.arange(model.embedding.group_bits.shape[0]) % 7
+  graphdef, params, rest = train.split_model(model, train=True, phase=phase)
+  tx = train.create_optimizer(config)
+  step = train.make_train_step(graphdef, tx, l2=0.0, lam=1e-3 if phase == "search" else 0.0)
+  opt_state = tx.init(params)
+  key = jax.random.key(0)
+  for _ in range(1 + _WARMUP.value):
+    params, rest, opt_state, m = step(params, rest, opt_state, ids, labels, key)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(_REPS.value):
+    start = time.perf_counter()
+    params, rest, opt_state, m = step(params, rest, opt_state, ids, labels, key)
+    jax.block_until_ready((params, m))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(0, _N.value, size=(_B.value, _F.value)), jnp.int32)
+  labels = jnp.asarray(rng.integers(0, 2, size=_B.value), jnp.float32)
+  counts = rng.zipf(1.2, size=_N.value).clip(max=10**9)
+  results = {m: time_step(m, ids, labels, counts) for m in _METHODS.value}
+  base = results.get("fp")
+  lines = [f"Command: `python -m experiments.bench_mpe_step {' '.join(sys.argv[1:])}`",
+           f"Machine: {workdir.device_description()}; date {workdir.now_iso()}; N={_N.value}, F={_F.value}, "
+           f"D={_D.value}, batch={_B.value}, MLP={_HIDDEN.value}; median of {_REPS.value} steps after "
+           f"{_WARMUP.value} warm-up steps.", "",
+           "| step | median ms | vs fp |", "|---|---|---|"]
+  for m, t in results.items():
+    lines.append(f"| {m} | {t * 1e3:.1f} | {t / base:.2f}x |" if base else f"| {m} | {t * 1e3:.1f} | |")
+  text = "\n".join(lines)
+  print(text)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  cli.run(main, "bench_mpe_step")

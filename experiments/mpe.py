@@ -1,0 +1,35 @@
+"""Trains a CTR model with MPE or a baseline table.
+
+`python -m experiments.mpe --config=CONFIG.py --workdir=DIR`.
+
+`--config.method` picks the embedding: fp, lsq, alpt, qr or mpe (search, then retrain). Override any config
+field from the command line, e.g. `--config.train.max_epochs=5`. Rerunning the same command on a workdir
+resumes from its last checkpoint (for MPE, in whichever phase it stopped).
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from hq_jax import cli
+from hq_jax.ctr import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  r = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if r.get("status") == "stopped":
+    print(f"stopped after step {r['step']} (config.train.stop_after_steps); rerun to resume")
+    return
+  print("\n| method | test AUC | test logloss | mean bits | 32/bits | fp32 bytes/bytes | epochs |")
+  print("|---|---|---|---|---|---|---|")
+  epochs = "+".join(str(p["epochs"]) for p in r["phases"].values())
+  print(f"| {r['method']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['mean_bits_per_feature']:.3f} "
+        f"| {r['compression_bits']:.1f} | {r['compression_bytes']:.1f} | {epochs} |")
+
+
+if __name__ == "__main__":
+  cli.run(main, "mpe")

@@ -1,0 +1,112 @@
+"""Baseline embedding tables of the MPE comparison: LSQ+ at a fixed width, ALPT and the QR trick.
+
+Each is an NNX module with the interface of `models.Embedding` (`__call__(ids)`, `regularizer()`,
+`post_update(rng)`), so the trainer treats all methods alike.
+- `LSQEmbedding`: every row quantized with LSQ+ at one width (6 bits in the authors' comparison).
+- `ALPTEmbedding` (low-precision training): the table is kept equal to alpha * int8 codes; after every
+  optimizer step the updated rows are written back to the integer grid with stochastic rounding
+  (`stochastic_round`), and alpha learns through the LSQ gradient of an 8-bit quantizer without offset.
+  For simplicity the trainer holds the table as float32 in memory, constrained to that grid after each
+  step; the export stores the int8 codes (1 byte per entry) plus alpha.
+- `QREmbedding`: quotient-remainder trick, e_x = R[x mod m] * Q[x // m] with m = ceil(N / ratio).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hq_jax.ctr import lsq
+from hq_jax.ctr.models import EMBEDDING_INIT_STD, QuantParam
+
+
+def stochastic_round(x: jax.Array, rng: jax.Array) -> jax.Array:
+  """floor(x) + Bernoulli(x - floor(x)): unbiased, E[round(x)] = x."""
+  floor = jnp.floor(x)
+  return floor + (jax.random.uniform(rng, x.shape, x.dtype) < (x - floor)).astype(x.dtype)
+
+
+def qr_indices(ids: jax.Array, num_remainder: int) -> tuple[jax.Array, jax.Array]:
+  """(x // m, x mod m): the quotient and remainder rows of feature x."""
+  return ids // num_remainder, ids % num_remainder
+
+
+class LSQEmbedding(nnx.Module):
+  """Table W quantized with LSQ+ at one fixed width (one step, one offset vector)."""
+
+  def __init__(self, num_features: int, dim: int, bits: int, *, rngs: nnx.Rngs):
+    self.num_features, self.dim, self.bits = num_features, dim, bits
+    w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
+    self.table = nnx.Param(w0)
+    self.alpha = QuantParam(lsq.init_step(w0, bits))
+    self.beta = QuantParam(jnp.zeros((dim,)))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return lsq.lsq_quantize(self.table[...][ids], lsq.effective_step(self.alpha[...]), self.beta[...],
+                            self.bits, self.num_features * self.dim)
+
+  def regularizer(self) -> jax.Array:
+    return jnp.zeros(())
+
+  def post_update(self, rng: jax.Array) -> None:
+    del rng
+
+
+class ALPTEmbedding(nnx.Module):
+  """Embeddings stored as alpha * b-bit integers (b = 8), written back with stochastic rounding."""
+
+  def __init__(self, num_features: int, dim: int, bits: int = 8, *, rngs: nnx.Rngs):
+    self.num_features, self.dim, self.bits = num_features, dim, bits
+    w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
+    alpha = lsq.init_step(w0, bits)
+    self.alpha = QuantParam(alpha)
+    self.table = nnx.Param(self._to_grid(w0, alpha, rngs.params()))
+
+  def _to_grid(self, w: jax.Array, alpha: jax.Array, rng: jax.Array) -> jax.Array:
+    lo, hi = lsq.int_range(self.bits)
+    step = lsq.effective_step(alpha)
+    return step * jnp.clip(stochastic_round(w / step, rng), lo, hi)
+
+  def codes(self) -> jax.Array:
+    """The stored int8 codes (exact, since the table lies on the grid of the current alpha)."""
+    return jnp.round(self.table[...] / lsq.effective_step(self.alpha[...])).astype(jnp.int8)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    zero = jnp.zeros((self.dim,))
+    return lsq.lsq_quantize(self.table[...][ids], lsq.effective_step(self.alpha[...]), zero, self.bits,
+                            self.num_features * self.dim)
+
+  def regularizer(self) -> jax.Array:
+    return jnp.zeros(())
+
+  def post_update(self, rng: jax.Array) -> None:
+    """Writes the updated table back to alpha * int codes with stochastic rounding."""
+    self.table[...] = self._to_grid(self.table[...], self.alpha[...], rng)
+
+
+class QREmbedding(nnx.Module):
+  """Quotient-remainder embeddings: m = ceil(N / ratio) remainder rows times ceil(N / m) quotient rows."""
+
+  def __init__(self, num_features: int, dim: int, ratio: int = 2, *, rngs: nnx.Rngs):
+    self.num_features, self.dim = num_features, dim
+    self.num_remainder = math.ceil(num_features / ratio)
+    self.num_quotient = math.ceil(num_features / self.num_remainder)
+    # The product of two N(0, s^2) entries has std s^2; init both at sqrt(0.003) so e_x ~ 0.003 scale,
+    # matching the other tables.
+    std = math.sqrt(EMBEDDING_INIT_STD)
+    self.remainder = nnx.Param(std * jax.random.normal(rngs.params(), (self.num_remainder, dim)))
+    self.quotient = nnx.Param(std * jax.random.normal(rngs.params(), (self.num_quotient, dim)))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    q, r = qr_indices(ids, self.num_remainder)
+    return self.remainder[...][r] * self.quotient[...][q]
+
+  def regularizer(self) -> jax.Array:
+    return jnp.zeros(())
+
+  def post_update(self, rng: jax.Array) -> None:
+    del rng
+
+  def stored_floats(self) -> int:
+    return (self.num_remainder + self.num_quotient) * self.dim

@@ -1,0 +1,150 @@
+"""CTR backbones of the MPE spec (DNN, DCN, DeepFM, IPNN) over one embedding table, in Flax NNX.
+
+A model is `CTRModel(embedding, backbone)`: the embedding module maps (b, F) global feature ids to (b, F, D)
+vectors (full precision here; quantized variants live in `lsq.py`, `mpe.py` and `baselines.py`), and the
+backbone maps those vectors to one logit per sample. The interaction formulas (FM second-order term, cross
+layer, pairwise inner products) are small pure functions so that they can be tested against NumPy; the
+modules only hold parameters.
+"""
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+EMBEDDING_INIT_STD = 0.003  # The spec's W ~ N(0, 0.003^2).
+
+
+class QuantParam(nnx.Param):
+  """A quantizer parameter (step sizes, offset, precision logits): learnt, but exempt from the L2 coupling."""
+
+
+def fm_second_order(e: jax.Array) -> jax.Array:
+  """FM pairwise term 0.5 * sum_d[(sum_f e_fd)^2 - sum_f e_fd^2] of (b, F, D) embeddings -> (b,)."""
+  return 0.5 * jnp.sum(jnp.square(jnp.sum(e, axis=1)) - jnp.sum(jnp.square(e), axis=1), axis=-1)
+
+
+def cross_layer(x0: jax.Array, x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+  """DCN cross layer x_{l+1} = x0 * (w . x_l) + b + x_l on (batch, d) inputs, w and b of shape (d,)."""
+  return x0 * (x @ w)[:, None] + b + x
+
+
+def pairwise_inner_products(e: jax.Array) -> jax.Array:
+  """All <e_i, e_j> for field pairs i < j of (b, F, D) embeddings -> (b, F (F - 1) / 2), row-major order."""
+  num_fields = e.shape[1]
+  i, j = np.triu_indices(num_fields, k=1)
+  gram = jnp.einsum("bfd,bgd->bfg", e, e)
+  return gram[:, i, j]
+
+
+class Embedding(nnx.Module):
+  """Full-precision table W (N, D), W ~ N(0, 0.003^2)."""
+
+  def __init__(self, num_features: int, dim: int, *, rngs: nnx.Rngs):
+    self.num_features, self.dim = num_features, dim
+    self.table = nnx.Param(EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim)))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return self.table[...][ids]
+
+  def regularizer(self) -> jax.Array:
+    """The method's extra loss term (none for full precision)."""
+    return jnp.zeros(())
+
+  def post_update(self, rng: jax.Array) -> None:
+    """Hook run after each optimizer update (ALPT writes back integers here); nothing for this table."""
+    del rng
+
+
+class MLP(nnx.Module):
+  """Hidden layers Linear -> BatchNorm -> ReLU (dropout 0, as in the spec); returns the last hidden layer."""
+
+  def __init__(self, in_dim: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
+    dims = [in_dim, *hidden]
+    self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+    self.norms = nnx.List([nnx.BatchNorm(b, momentum=0.9, rngs=rngs) for b in dims[1:]])
+    self.out_dim = dims[-1]
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for linear, norm in zip(self.linears, self.norms):
+      x = jax.nn.relu(norm(linear(x)))
+    return x
+
+
+class DNN(nnx.Module):
+  """Flattened embeddings -> MLP -> Linear(1) (the backbone the authors' runs use)."""
+
+  def __init__(self, num_fields: int, dim: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
+    self.mlp = MLP(num_fields * dim, hidden, rngs=rngs)
+    self.head = nnx.Linear(self.mlp.out_dim, 1, rngs=rngs)
+
+  def __call__(self, e: jax.Array) -> jax.Array:
+    return self.head(self.mlp(e.reshape(e.shape[0], -1)))[:, 0]
+
+
+class DCN(nnx.Module):
+  """The MLP in parallel with cross layers, then Linear(1) on the concatenation."""
+
+  def __init__(self, num_fields: int, dim: int, hidden: Sequence[int], num_cross: int = 3, *,
+               rngs: nnx.Rngs):
+    d = num_fields * dim
+    self.mlp = MLP(d, hidden, rngs=rngs)
+    init = nnx.initializers.lecun_normal()
+    self.cross_w = nnx.List([nnx.Param(init(rngs.params(), (d, 1))[:, 0]) for _ in range(num_cross)])
+    self.cross_b = nnx.List([nnx.Param(jnp.zeros((d,))) for _ in range(num_cross)])
+    self.head = nnx.Linear(self.mlp.out_dim + d, 1, rngs=rngs)
+
+  def __call__(self, e: jax.Array) -> jax.Array:
+    x0 = e.reshape(e.shape[0], -1)
+    x = x0
+    for w, b in zip(self.cross_w, self.cross_b):
+      x = cross_layer(x0, x, w[...], b[...])
+    return self.head(jnp.concatenate([self.mlp(x0), x], axis=-1))[:, 0]
+
+
+class DeepFM(nnx.Module):
+  """FM second-order term plus the MLP's logit (no first-order term, as in the spec)."""
+
+  def __init__(self, num_fields: int, dim: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
+    self.mlp = MLP(num_fields * dim, hidden, rngs=rngs)
+    self.head = nnx.Linear(self.mlp.out_dim, 1, rngs=rngs)
+
+  def __call__(self, e: jax.Array) -> jax.Array:
+    return fm_second_order(e) + self.head(self.mlp(e.reshape(e.shape[0], -1)))[:, 0]
+
+
+class IPNN(nnx.Module):
+  """Pairwise field inner products concatenated with the flattened embeddings -> MLP -> Linear(1)."""
+
+  def __init__(self, num_fields: int, dim: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
+    num_pairs = num_fields * (num_fields - 1) // 2
+    self.mlp = MLP(num_fields * dim + num_pairs, hidden, rngs=rngs)
+    self.head = nnx.Linear(self.mlp.out_dim, 1, rngs=rngs)
+
+  def __call__(self, e: jax.Array) -> jax.Array:
+    x = jnp.concatenate([e.reshape(e.shape[0], -1), pairwise_inner_products(e)], axis=-1)
+    return self.head(self.mlp(x))[:, 0]
+
+
+BACKBONES = {"dnn": DNN, "dcn": DCN, "deepfm": DeepFM, "ipnn": IPNN}
+
+
+class CTRModel(nnx.Module):
+  """An embedding module (any of this package's tables) followed by a backbone; returns logits (b,)."""
+
+  def __init__(self, embedding: nnx.Module, backbone: nnx.Module):
+    self.embedding = embedding
+    self.backbone = backbone
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return self.backbone(self.embedding(ids))
+
+
+def make_backbone(name: str, num_fields: int, dim: int, hidden: Sequence[int], *,
+                  rngs: nnx.Rngs) -> nnx.Module:
+  """The backbone called `name` (one of `BACKBONES`)."""
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+  return BACKBONES[name](num_fields, dim, list(hidden), rngs=rngs)
