@@ -5,7 +5,9 @@ Command:
 Quantized (issue HQ-GNN):
   ... --config.quant.bits=1 --config.quant.estimator=gste
 
-Expected (full precision, d=64, K=3, 200 epochs, seed 0, 2-core CPU): see results/foundation.md.
+Expected (full precision, d=64, K=3, 200 epochs, seed 0, 2-core CPU, measured 2026-11-23): Recall@20
+0.2493, NDCG@20 0.1873, Recall@50 0.3973, NDCG@50 0.2383 in about 1 minute (0.3 s/epoch); 600 epochs
+reach Recall@20 0.2703. Quantized rows (3 seeds): results/hqgnn.md (e.g. 4 bit GSTE Recall@20 0.2460).
 """
 
 import ml_collections
