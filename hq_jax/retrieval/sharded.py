@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hq_jax.retrieval import scoring
 # `hq_jax.retrieval.topk` the attribute is the function (re-exported); import from the module by path.
-from hq_jax.retrieval.topk import block_size, check_topk_args, empty_result, scan_search, search_prepared
+from hq_jax.retrieval.topk import block_size, empty_result, prepare_search, scan_search, search_prepared
 
 AXIS = "items"
 
@@ -69,15 +69,8 @@ def sharded_topk(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: 
                  method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
   """`topk` with the items sharded over `mesh` (default: all devices); same arguments and result."""
   mesh = mesh or item_mesh()
-  users = np.asarray(users, np.int64).reshape(-1)
-  exclude_indptr = np.asarray(exclude_indptr, np.int64)
-  exclude_indices = np.asarray(exclude_indices, np.int32)
-  num_users = int(np.shape(scoring._array(user_rep))[0])
-  num_items = int(np.shape(scoring._array(item_rep))[0])
-  check_topk_args(num_users, num_items, users, k, exclude_indptr)
-  method = scoring.default_method(scoring.rep_bits(user_rep)) if method == "auto" else method
-  table = scoring.prepare_items(item_rep, user_rep, method)
-  prepared = scoring.prepare_users(user_rep, method)
+  users, exclude_indptr, exclude_indices, num_items, prepared, table = prepare_search(
+      user_rep, item_rep, exclude_indptr, exclude_indices, users, k, method)
   placed, shard_items = shard_table(table, mesh, block_items)
   fn = functools.partial(sharded_search, mesh=mesh, k=k, num_items=num_items, shard_items=shard_items)
   return search_prepared(prepared, placed, num_items, exclude_indptr, exclude_indices, users, k,

@@ -217,6 +217,20 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
     (scores, items): numpy (B, k) float32 ranking keys and int32 item ids, best first, ties by lower id;
     id -1 (key -inf) where a user has fewer than k eligible items.
   """
+  users, exclude_indptr, exclude_indices, num_items, prepared, table = prepare_search(
+      user_rep, item_rep, exclude_indptr, exclude_indices, users, k, method)
+  blocked, _ = pad_table(table, block_items)
+  return search_prepared(prepared, blocked, num_items, exclude_indptr, exclude_indices, users, k,
+                         batch_users=batch_users)
+
+
+
+def prepare_search(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int, method: str):
+  """Validated host arrays plus the prepared user rows and item table shared by `topk` and `sharded_topk`.
+
+  Returns:
+    (users int64, exclude_indptr int64, exclude_indices int32, num_items, prepared users, item table).
+  """
   users = np.asarray(users, np.int64).reshape(-1)
   exclude_indptr = np.asarray(exclude_indptr, np.int64)
   exclude_indices = np.asarray(exclude_indices, np.int32)
@@ -226,10 +240,7 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
   method = scoring.default_method(scoring.rep_bits(user_rep)) if method == "auto" else method
   table = scoring.prepare_items(item_rep, user_rep, method)
   prepared = scoring.prepare_users(user_rep, method)
-  blocked, _ = pad_table(table, block_items)
-  return search_prepared(prepared, blocked, num_items, exclude_indptr, exclude_indices, users, k,
-                         batch_users=batch_users)
-
+  return users, exclude_indptr, exclude_indices, num_items, prepared, table
 
 def search_prepared(prepared_users: jax.Array, blocked: scoring.ItemTable, num_items: int,
                     exclude_indptr: np.ndarray, exclude_indices: np.ndarray, users: np.ndarray, k: int, *,
