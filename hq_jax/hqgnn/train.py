@@ -29,6 +29,7 @@ from hq_jax.hqgnn import lightgcn
 from hq_jax.hqgnn import sampling
 from hq_jax.quant import curvature
 from hq_jax.quant import module as quant_module
+from hq_jax.quant.quantizer import QuantizedMatrix
 from hq_jax.workdir import MetricsLog, device_description, now_iso, write_json
 
 
@@ -180,7 +181,7 @@ def _mean_of(tree) -> dict:
 
 def export_arrays(users, items) -> dict:
   """The export.npz arrays: float embeddings, or integer codes plus every scalar needed to dequantize."""
-  if isinstance(users, evaluation.QuantizedMatrix):
+  if isinstance(users, QuantizedMatrix):
     out = {"bits": np.asarray(users.bits, np.int32)}
     for name, qm in (("user", users), ("item", items)):
       out[f"{name}_codes"] = np.asarray(qm.codes)
@@ -192,7 +193,7 @@ def export_arrays(users, items) -> dict:
 
 def representation_bytes(users, items) -> int:
   """Bytes of the stored user + item representation: bit-packed codes + float32 scalars, or float32."""
-  if isinstance(users, evaluation.QuantizedMatrix):
+  if isinstance(users, QuantizedMatrix):
     return users.nbytes_packed() + items.nbytes_packed()
   return 4 * (int(np.size(users)) + int(np.size(items)))
 
