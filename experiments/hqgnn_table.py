@@ -5,7 +5,8 @@
 
 Runs every (model, seed) with `train_and_evaluate` in its own workdir under `--root` (a finished workdir
 is reused, an interrupted one resumes), then writes a markdown table of mean and std over seeds of
-Recall/NDCG at 20 and 50, the bytes of the stored user + item representation and the compression ratio.
+Recall/NDCG at 20 and 50, the bytes of the stored user + item representation, the compression ratio and
+the share of training time spent on GSTE delta (curvature) updates.
 Config overrides (`--config.train.epochs=...`) apply to every run.
 """
 
@@ -52,6 +53,13 @@ def cell(values: list[float], digits: int = 4) -> str:
   return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
+def curvature_share(runs: list[dict]) -> str:
+  """Share of training time spent on delta (curvature) updates, mean over runs; '-' when there were none."""
+  shares = [r.get("curvature_seconds_this_run", 0.0) / r["train_seconds_this_run"] for r in runs
+            if r.get("curvature_seconds_this_run") and r["train_seconds_this_run"] > 0]
+  return f"{100 * np.mean(shares):.1f}% of training" if shares else "-"
+
+
 def main(argv):
   del argv
   seeds = [int(s) for s in _SEEDS.value]
@@ -67,11 +75,12 @@ def main(argv):
            f"{c.train.epochs} epochs, batch {c.train.batch_size}, lr {c.train.learning_rate}, "
            f"delta mode `{c.quant.delta}` every {c.quant.delta_every} epochs; seeds {seeds}; "
            f"{device_description()}; {now_iso()}.", "",
-           "| model | " + " | ".join(METRICS) + " | bytes (user+item) | compression |",
-           "|---|" + "---|" * (len(METRICS) + 2)]
+           "| model | " + " | ".join(METRICS) + " | bytes (user+item) | compression | delta updates |",
+           "|---|" + "---|" * (len(METRICS) + 3)]
   for label, runs in table:
     lines.append(f"| {label} | " + " | ".join(cell([r["metrics"][m] for r in runs]) for m in METRICS)
-                 + f" | {runs[0]['representation_bytes']:,} | {runs[0]['compression_ratio']:.1f}x |")
+                 + f" | {runs[0]['representation_bytes']:,} | {runs[0]['compression_ratio']:.1f}x"
+                 + f" | {curvature_share(runs)} |")
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

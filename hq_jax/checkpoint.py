@@ -43,6 +43,17 @@ class Checkpointer:
     abstract_state = jax.tree.map(_abstract, abstract_state)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
+  def restore_as_saved(self, step: int | None = None):
+    """Restores `step` (default: the latest) as nested dicts/lists of numpy arrays, in the saved structure.
+
+    For reading parts of a checkpoint written by a different config (e.g. warm starts); validate what
+    you take from it.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    return self._manager.restore(step, args=ocp.args.StandardRestore())
+
   def close(self) -> None:
     self._manager.close()
 

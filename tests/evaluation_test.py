@@ -51,7 +51,8 @@ def reference_topk(user_emb, item_emb, train: dict, users, k):
   for u in users:
     scores = item_emb.astype(np.float64) @ user_emb[u].astype(np.float64)
     scores[list(set(train.get(u, ())))] = -np.inf
-    out.append(np.lexsort((np.arange(len(scores)), -scores))[:k])
+    ranked = np.lexsort((np.arange(len(scores)), -scores))[:k]
+    out.append(np.where(np.isneginf(scores[ranked]), -1, ranked))  # -1: fewer than k eligible items
   return np.array(out)
 
 
@@ -165,7 +166,8 @@ def test_training_items_are_excluded_and_never_hits():
   assert got["recall@1"] == 0.5 and got["recall@3"] == 0.5
   assert got["ndcg@1"] == pytest.approx(1.0)
   assert got["ndcg@3"] == pytest.approx(D[0] / (D[0] + D[1]))
-  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, [0], 3), [[2, 1, 0]])
+  # Only two non-training items: the third slot is -1.
+  np.testing.assert_array_equal(evaluation.topk_items(users, items, data, [0], 3), [[2, 1, -1]])
 
 
 def test_ties_go_to_the_lower_item_id():
@@ -225,14 +227,17 @@ def test_evaluate_matches_numpy_reference(name, seed, num_users, num_items, dim,
                                 reference_topk(users, items, train, probe, max(ks)))
 
 
-def test_batch_pairs_matches_csr_rows():
+def test_csr_contains_matches_python_sets():
   rng = np.random.default_rng(5)
   train, _ = random_split(rng, 12, 20, 0.3)
   csr = make_data(train, {}, 12, 20).train
   users = np.array([3, 0, 11, 3, 7])
-  rows, cols = evaluation.batch_pairs(csr, users)
-  expected = [(r, i) for r, u in enumerate(users) for i in sorted(set(train[u]))]
-  assert list(zip(rows.tolist(), cols.tolist())) == expected
+  items = rng.integers(-1, 20, size=(5, 9))
+  got = evaluation.csr_contains(csr, users, items)
+  want = [[i >= 0 and i in set(train.get(u, [])) for i in row] for u, row in zip(users, items)]
+  np.testing.assert_array_equal(got, want)
+  empty = make_data({}, {}, 12, 20).train
+  assert not evaluation.csr_contains(empty, users, items).any()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.decay = 1e-4
   config.train.log_every = 10
   config.train.checkpoint_every = 10
+  config.train.init_from = ""  # workdir of a trained run: start the encoder from its latest checkpoint
 
   # Quantizer of the final user and item embeddings (HQ-GNN). bits = none is plain LightGCN.
   config.quant = ml_collections.ConfigDict()

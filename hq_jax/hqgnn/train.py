@@ -92,6 +92,34 @@ def create_model(config: ml_collections.ConfigDict, data: InteractionData, seed:
                            init_std=config.model.init_std, rngs=nnx.Rngs(params=seed))
 
 
+def warm_start_encoder(encoder_params, source_workdir: str):
+  """The encoder parameters of the latest checkpoint in `source_workdir`, checked against ours.
+
+  Used by `train.init_from`: quantized runs can start from a trained full-precision encoder (the quantizer's
+  range is then initialised from the trained embeddings). Only the encoder's parameters are taken; the
+  optimizer state starts fresh.
+  """
+  directory = os.path.join(source_workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"train.init_from={source_workdir!r}: no checkpoints folder there")
+  with Checkpointer(directory) as source:
+    step = source.latest_step()
+    if step is None:
+      raise UserError(f"train.init_from={source_workdir!r}: no checkpoint in {directory}")
+    saved = source.restore_as_saved(step)
+  theirs = saved.get("params", {}).get("encoder") if isinstance(saved, dict) else None
+  signature = lambda tree: [(jax.tree_util.keystr(path, simple=True, separator="/"), np.shape(x))
+                            for path, x in jax.tree_util.tree_leaves_with_path(tree)]
+  if theirs is None or signature(theirs) != signature(encoder_params):
+    raise UserError(f"train.init_from={source_workdir!r}: its encoder does not match this config "
+                    f"(dataset, dim or model changed?)")
+  _log(f"encoder initialised from {directory} step {step}")
+  leaves = [jnp.asarray(x, ours.dtype) for x, ours in
+            zip(jax.tree.leaves(theirs), jax.tree.leaves(encoder_params))]
+  encoder_params = jax.tree.unflatten(jax.tree.structure(encoder_params), leaves)
+  return encoder_params
+
+
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam on the encoder; Adam with `quant.range_learning_rate` on the quantizer's range / scale."""
   def labels(params):
@@ -218,6 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   encoder = create_model(config, data, config.seed)
   graphdefs, params = {}, {}
   graphdefs["encoder"], params["encoder"] = nnx.split(encoder)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
+  if config.train.init_from and ckpt.latest_step() is None:
+    params["encoder"] = warm_start_encoder(params["encoder"], config.train.init_from)
   if qconfig is not None:
     users0, items0 = jax.jit(functools.partial(final_embeddings, graphdefs["encoder"], **static))(
         params["encoder"], problem.graph, problem.adjacency)
@@ -235,7 +266,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------------
   # Checkpoint: resume if the workdir has one.
   # ------------------------------------------------------------------------------------------------------
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
   metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   start_epoch = 0
   if ckpt.latest_step() is not None:
@@ -256,20 +286,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Training loop.
   # ------------------------------------------------------------------------------------------------------
   epochs = config.train.epochs
-  train_time = 0.0
+  train_time = curvature_time = 0.0
   steps_per_epoch = -(-data.train.nnz // config.train.batch_size)
   last_good = start_epoch
   for epoch in range(start_epoch, epochs):
     t0 = time.time()
     batches, weights = epoch_batches(data, config.seed, epoch, config.train.batch_size)
     if uses_curvature and curvature.deltas_due(dconfig, epoch):
+      t_delta = time.time()
       xhats = xhat_fn(params, deltas, problem.graph, problem.adjacency)
       estimate = curvature.update_deltas(
           dconfig, bpr_of_representations, {"users": xhats[0], "items": xhats[1]},
           [(batches[i], weights[i]) for i in range(min(dconfig.num_batches, len(batches)))],
           jax.random.fold_in(jax.random.key(config.seed), epoch))
-      deltas = estimate.deltas
+      deltas = jax.block_until_ready(estimate.deltas)
+      delta_seconds = time.time() - t_delta
+      curvature_time += delta_seconds
       metrics_log.append({"step": epoch, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
+                          "seconds": delta_seconds,
                           "curvature_per_element": _mean_of(estimate.curvature),
                           "curvature_stderr": _mean_of(estimate.stderr),
                           "hutchinson_samples": _mean_of(estimate.num_samples),
@@ -327,6 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "epochs": epochs,
       "resumed_from_epoch": start_epoch,
       "train_seconds_this_run": train_time,
+      "curvature_seconds_this_run": curvature_time,  # delta updates (included in train_seconds_this_run)
       "seconds_per_epoch": train_time / max(epochs - start_epoch, 1),
       "wall_seconds_this_run": time.time() - t_start,
       "device": device_description(),

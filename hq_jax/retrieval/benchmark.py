@@ -45,7 +45,7 @@ def timed_runs(fn, repeats: int) -> dict:
     t0 = time.perf_counter()
     out = fn()
     times.append(time.perf_counter() - t0)
-  median = statistics.median(times)
+  median = statistics.median(times) if times else first
   return {"first_s": first, "median_s": median, "times_s": times,
           "first_run_excess_s": max(first - median, 0.0), "result": out}
 

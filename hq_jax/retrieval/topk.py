@@ -57,10 +57,13 @@ def _lowest(dtype) -> jax.Array:
 
 
 def _to_float(keys: jax.Array) -> jax.Array:
-  """Keys as float32 for `lax.top_k` (its integer path is ~30x slower on CPU); removed -> -inf."""
+  """Keys as float32 for `lax.top_k` (its integer path is ~30x slower on CPU); removed -> -inf.
+
+  -0.0 becomes +0.0: `lax.top_k` orders floats totally (+0.0 above -0.0), and equal scores must tie.
+  """
   if jnp.issubdtype(keys.dtype, jnp.integer):
     return jnp.where(keys == _lowest(keys.dtype), -jnp.inf, keys.astype(jnp.float32))
-  return keys
+  return jnp.where(keys == 0, jnp.zeros((), keys.dtype), keys)
 
 
 def _group_masked(keys: jax.Array, mask_words: jax.Array, valid: jax.Array) -> jax.Array:

@@ -127,3 +127,24 @@ def test_bad_quant_config(tmp_path):
   config.quant.bits, config.quant.delta = "1", "hessian"
   with pytest.raises(UserError, match="delta"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_init_from_starts_encoder_at_the_source_checkpoint(reference_run, tmp_path):
+  source, results = reference_run
+  # Zero epochs from the source's checkpoint: the same embeddings, so the same export and metrics.
+  again = train.train_and_evaluate(_config(epochs=0, init_from=source), str(tmp_path / "fp"))
+  np.testing.assert_array_equal(np.load(tmp_path / "fp" / "export.npz")["item_embeddings"],
+                                np.load(os.path.join(source, "export.npz"))["item_embeddings"])
+  assert again["metrics"] == results["metrics"]
+  # A quantized run starts from the trained encoder too (its range initialised on the trained embeddings).
+  config = _config(epochs=0, init_from=source)
+  config.quant.bits = "4"
+  quantized = train.train_and_evaluate(config, str(tmp_path / "q"))
+  assert quantized["metrics"]["recall@20"] > 0.9 * results["metrics"]["recall@20"]
+  # A source that does not match (different dim) and a source without checkpoints are user errors.
+  config = _config(epochs=0, init_from=source)
+  config.model.dim = 8
+  with pytest.raises(UserError, match="does not match"):
+    train.train_and_evaluate(config, str(tmp_path / "bad_dim"))
+  with pytest.raises(UserError, match="no checkpoints"):
+    train.train_and_evaluate(_config(epochs=0, init_from=str(tmp_path / "nowhere")), str(tmp_path / "x"))
