@@ -16,7 +16,9 @@ Commands (the full-precision start, then the table):
   python -m experiments.hqgnn_table --config=experiments/configs/hqgnn_gowalla_finetune.py \
       --root=runs/table_gowalla --bits=1,2,4,8 --seeds=0 --out=results/hqgnn_gowalla.md
 
-Expected: see results/hqgnn.md (Gowalla section).
+Expected (seed 0, 2-core CPU, measured 2026-11-23; about 4-7 min per row): Recall@20 full precision 0.1766,
+STE / GSTE 1 bit 0.0738 / 0.0739, 2 bits 0.1538 / 0.1537, 4 bits 0.1744 / 0.1744, 8 bits 0.1757 / 0.1756;
+delta updates 1.6-2.5% of training time. Full table: results/hqgnn.md (Gowalla section).
 """
 
 from experiments.configs import hqgnn_gowalla

@@ -141,6 +141,7 @@ def test_stopping_rule_runs_to_max_samples_on_noisy_samples():
   x = jnp.zeros(30, jnp.float32)
   assert int(curvature.hutchinson_trace(f, x, jax.random.key(0)).num_samples) == 50
   assert int(curvature.hutchinson_trace(f, x, jax.random.key(0), max_samples=20).num_samples) == 20
+  assert int(curvature.hutchinson_trace(f, x, jax.random.key(0), max_samples=7).num_samples) == 7  # not a whole chunk
   assert int(curvature.hutchinson_diagonal(f, x, jax.random.key(0)).num_samples) == 50
 
 
