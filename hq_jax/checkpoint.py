@@ -37,11 +37,8 @@ class Checkpointer:
 
   def restore(self, abstract_state, step: int | None = None):
     """Restores `step` (default: the latest) into the structure, shapes and dtypes of `abstract_state`."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract_state = jax.tree.map(_abstract, abstract_state)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    return self._manager.restore(self._step(step), args=ocp.args.StandardRestore(abstract_state))
 
   def restore_as_saved(self, step: int | None = None):
     """Restores `step` (default: the latest) as nested dicts/lists of numpy arrays, in the saved structure.
@@ -49,10 +46,14 @@ class Checkpointer:
     For reading parts of a checkpoint written by a different config (e.g. warm starts); validate what
     you take from it.
     """
+    return self._manager.restore(self._step(step), args=ocp.args.StandardRestore())
+
+  def _step(self, step: int | None) -> int:
+    """`step`, or the latest one when None; FileNotFoundError when there is none."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    return self._manager.restore(step, args=ocp.args.StandardRestore())
+    return step
 
   def close(self) -> None:
     self._manager.close()

@@ -105,8 +105,7 @@ def recall_ndcg_at_k(topk_items: jax.Array, test_mask: jax.Array, ks: Sequence[i
 def csr_contains(csr: CSR, users: np.ndarray, items: np.ndarray) -> np.ndarray:
   """(B, K) bool: whether items[b, j] is in row users[b] of `csr` (ids < 0 are never in it)."""
   num_cols = np.int64(max(int(csr.indices.max(initial=-1)) + 1, int(items.max(initial=-1)) + 1, 1))
-  rows = np.repeat(np.arange(len(csr.indptr) - 1, dtype=np.int64), np.diff(csr.indptr))
-  keys = np.sort(rows * num_cols + csr.indices)
+  keys = np.sort(csr.rows().astype(np.int64) * num_cols + csr.indices)
   query = users.astype(np.int64)[:, None] * num_cols + items
   pos = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
   return (items >= 0) & (keys[pos] == query) if len(keys) else np.zeros(items.shape, bool)
@@ -205,9 +204,7 @@ def evaluate(user_rep: Representation, item_rep: Representation, data: Interacti
   hits = csr_contains(data.test, users, items)
   per_user = metrics_from_hits(hits, data.test.row_lengths()[users], ks)
   result = {name: float(np.sum(np.asarray(value, np.float64))) / users.size for name, value in per_user.items()}
-  result = {f"{metric}@{k}": result[f"{metric}@{k}"] for k in ks for metric in ("recall", "ndcg")}
-  result["num_eval_users"] = int(users.size)
-  return result
+  return {**result, "num_eval_users": int(users.size)}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -116,8 +116,7 @@ def warm_start_encoder(encoder_params, source_workdir: str):
   _log(f"encoder initialised from {directory} step {step}")
   leaves = [jnp.asarray(x, ours.dtype) for x, ours in
             zip(jax.tree.leaves(theirs), jax.tree.leaves(encoder_params))]
-  encoder_params = jax.tree.unflatten(jax.tree.structure(encoder_params), leaves)
-  return encoder_params
+  return jax.tree.unflatten(jax.tree.structure(encoder_params), leaves)
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
