@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.decay = 1e-4
   config.train.log_every = 10
   config.train.checkpoint_every = 10
-  config.train.init_from = ""  # workdir of a trained run: start the encoder from its latest checkpoint
+  # Workdir of a trained run: start the encoder from its latest checkpoint. Batches are drawn from
+  # (seed, epoch), so with the source's seed the first epochs replay its triples; change `seed` to avoid it.
+  config.train.init_from = ""
 
   # Quantizer of the final user and item embeddings (HQ-GNN). bits = none is plain LightGCN.
   config.quant = ml_collections.ConfigDict()

@@ -97,7 +97,9 @@ def warm_start_encoder(encoder_params, source_workdir: str):
 
   Used by `train.init_from`: quantized runs can start from a trained full-precision encoder (the quantizer's
   range is then initialised from the trained embeddings). Only the encoder's parameters are taken; the
-  optimizer state starts fresh.
+  optimizer state starts fresh. The sampler still draws epoch e from (seed, e): with the source run's seed,
+  the first epochs replay the source's BPR triples (on Gowalla the BPR loss rose ~70% at the first epoch
+  past the source's, results/foundation.md); pass another `seed` for fresh triples.
   """
   directory = os.path.join(source_workdir, "checkpoints")
   if not os.path.isdir(directory):

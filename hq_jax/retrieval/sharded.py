@@ -33,7 +33,7 @@ def shard_table(table: scoring.ItemTable, mesh: jax.sharding.Mesh, block_items: 
   """
   n = mesh.shape[AXIS]
   per_shard = -(-table.num_items // n)
-  block = block_size(per_shard, block_items)
+  block = block_size(per_shard, block_items, table.kind)
   blocks_per_shard = -(-per_shard // block)
   shard_items = blocks_per_shard * block
   padded = table.pad_to(n * shard_items)

@@ -6,13 +6,17 @@ Memory stays bounded for any item count: items are scanned in blocks of `block_i
 
 1. keys of the block, with excluded and padding items set to -inf, reduced to the maximum of each group of
    32 consecutive items: (B, block / 32). For the Hamming kind XLA fuses XOR, popcount, masking and the
-   maximum into one pass, so (B, block) keys are never written to memory.
+   maximum into one pass, so (B, block) keys are never written to memory; the matmul kinds score the
+   block in tiles of about `TILE` items, so each tile's scores stay in cache until they are reduced.
 2. `lax.top_k` over the group maxima picks K groups per user; the K best items of the block are among
    their items. (Proof: if item x's group G is not picked, K picked groups each beat G on (max desc, group
    index asc); each one's best item beats x on (key desc, id asc), so x is not in the top K.)
-3. The K * 32 candidate items are rescored (gathered rows), and `lax.top_k` over them, in ascending id
-   order so ties go to the lower id, gives the block's top K; it is merged into the running top K (the
-   running entries come first, having lower ids).
+3. The K * 32 candidate items are rescored from their gathered rows, and `lax.top_k` over them, in
+   ascending id order so ties go to the lower id, gives the block's top K; it is merged into the running
+   top K (the running entries come first, having lower ids). Integer keys are rescored exactly; float
+   keys are re-summed in dimension order, which can differ from the matmul's float32 sum by rounding, so
+   for float embeddings the order is exact up to float32 rounding of the inner products (as any float32
+   search is).
 
 Exclusions are a per-block bitmask with one uint32 word per group (bit j = item 32 g + j is excluded),
 scattered from the users' CSR rows.
@@ -31,6 +35,7 @@ from hq_jax.errors import UserError
 from hq_jax.retrieval import scoring
 
 GROUP = 32  # items per group = bits of one exclusion mask word
+TILE = 1024  # items scored at a time (their (B, TILE) scores stay in cache)
 
 
 def _blocked(table: scoring.ItemTable, block: int) -> scoring.ItemTable:
@@ -72,24 +77,60 @@ def _group_masked(keys: jax.Array, mask_words: jax.Array, valid: jax.Array) -> j
   return jnp.where((bits == 0) & valid, keys, _lowest(keys.dtype))
 
 
-def _candidate_keys(users: jax.Array, block: scoring.ItemTable, raw: jax.Array,
-                    groups: jax.Array) -> jax.Array:
-  """(B, K, 32) keys of the items of the chosen groups (B, K).
+def _gathered_dot(users: jax.Array, data: jax.Array, groups: jax.Array) -> jax.Array:
+  """(B, K, 32) inner products of each user with the items of its chosen groups; data is (G, 32, D).
 
-  Hamming scores are recomputed from the gathered packed rows (cheap: a few words per item), so the
-  block's (B, block) scores never need to exist in memory; matmul scores exist anyway (the dot writes
-  them) and are gathered. The per-item terms are applied to the candidates only, so the full block is
-  read once (by the fused mask + group-max pass) after the dot.
+  Summed one dimension at a time, so XLA fuses the row gather, the products and the sum into one loop
+  instead of writing the (B, K, 32, D) gathered rows (as large as a block's scores). int8 codes accumulate
+  in int32 (exact); float32 codes of integers are exact in any order.
+  """
+  acc_dtype = jnp.int32 if data.dtype == jnp.int8 else jnp.float32
+  acc = None
+  for j in range(users.shape[1]):
+    term = users[:, j, None, None].astype(acc_dtype) * data[groups, :, j].astype(acc_dtype)
+    acc = term if acc is None else acc + term
+  return acc.astype(jnp.float32)
+
+
+def _candidate_keys(users: jax.Array, block: scoring.ItemTable, groups: jax.Array) -> jax.Array:
+  """(B, K, 32) keys of the items of the chosen groups (B, K), recomputed from their gathered rows.
+
+  Recomputing is cheap (K * 32 items per user) and means the block's (B, block) scores never have to
+  exist in memory. The per-item terms are applied to the candidates only.
   """
   ng = block.data.shape[0] // GROUP
   per_group = lambda v: None if v is None else v.reshape(ng, GROUP)[groups]
+  data = block.data.reshape(ng, GROUP, -1)
   if block.kind == "hamming":
-    data = block.data.reshape(ng, GROUP, -1)[groups]  # (B, K, 32, words)
-    ham = jnp.sum(jax.lax.population_count(users[:, None, None, :] ^ data).astype(jnp.int32), axis=-1)
+    ham = jnp.sum(jax.lax.population_count(users[:, None, None, :] ^ data[groups]).astype(jnp.int32), axis=-1)
     cand = block.dim - 2 * ham
   else:
-    cand = jnp.take_along_axis(raw, groups[:, :, None], axis=1)
+    cand = _gathered_dot(users, data, groups)
   return scoring.apply_item_terms(cand, block, per_group(block.a), per_group(block.m), per_group(block.b))
+
+
+def _group_maxima(users: jax.Array, block: scoring.ItemTable, mask: jax.Array, valid: jax.Array) -> jax.Array:
+  """(B, block / 32) maximum key of each group of 32 items, excluded and padding items left out.
+
+  The block is scored tile by tile (`tile_size`), so each tile's (B, tile) scores stay in cache between
+  the matmul that writes them and the masked maximum that reads them.
+  """
+  batch, n = users.shape[0], block.data.shape[0]
+  tile = tile_size(n, block.kind)
+  tg = tile // GROUP
+
+  def one_tile(xs):
+    t, words, ok = xs
+    raw = scoring.raw_scores(t.kind, t.dim, users, t.data).reshape(batch, tg, GROUP)
+    keys = scoring.apply_item_terms(raw, t, *(None if v is None else v.reshape(tg, GROUP) for v in (t.a, t.m, t.b)))
+    return jnp.max(_group_masked(keys, words, ok), axis=-1)
+
+  if tile == n:
+    return one_tile((block, mask, valid))
+  nt = n // tile
+  out = jax.lax.map(one_tile, (_blocked(block, tile), mask.reshape(batch, nt, tg).transpose(1, 0, 2),
+                               valid.reshape(nt, tg, GROUP)))
+  return out.transpose(1, 0, 2).reshape(batch, n // GROUP)
 
 
 def merge_topk(vals_a, ids_a, vals_b, ids_b, k: int):
@@ -131,13 +172,10 @@ def scan_search(users: jax.Array, table: scoring.ItemTable, rows: jax.Array, col
     start = id_offset + j * block  # global id of the block's first item
     mask = _exclusion_mask(rows, cols, start, batch, block)
     valid = (start + jnp.arange(block).reshape(ng, GROUP)) < num_items
-    raw = scoring.raw_scores(blk.kind, blk.dim, users, blk.data).reshape(batch, ng, GROUP)
-    keys = scoring.apply_item_terms(raw, blk, *(None if v is None else v.reshape(ng, GROUP)
-                                                 for v in (blk.a, blk.m, blk.b)))
-    gmax = jnp.max(_group_masked(keys, mask, valid), axis=-1)  # (B, ng)
+    gmax = _group_maxima(users, blk, mask, valid)  # (B, ng)
     _, groups = jax.lax.top_k(_to_float(gmax), kg)
     groups = jnp.sort(groups, axis=1)  # ascending ids, so top_k's index tie-break = id tie-break
-    cand = _candidate_keys(users, blk, raw, groups)
+    cand = _candidate_keys(users, blk, groups)
     cand = _group_masked(cand, jnp.take_along_axis(mask, groups, axis=1), valid[groups])
     vals, pos = jax.lax.top_k(_to_float(cand).reshape(batch, kg * GROUP), min(k, kg * GROUP))
     ids = start + jnp.take_along_axis(groups, pos // GROUP, axis=1) * GROUP + pos % GROUP
@@ -177,16 +215,30 @@ def exclusion_pairs(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, 
   return rows, cols
 
 
-def block_size(num_items: int, block_items: int) -> int:
-  """The block actually used: block_items rounded up to whole groups, at most the (padded) item count."""
+def tile_size(block: int, kind: str) -> int:
+  """Items scored at a time inside a block: about TILE, a multiple of 32 that divides the block.
+
+  Hamming blocks are one tile: XLA fuses their XOR, popcount and masked maximum into one pass that never
+  writes the scores, and splitting that pass was measured 2x slower.
+  """
+  if kind == "hamming":
+    return block
+  tiles = -(-block // TILE)
+  return -(-block // (tiles * GROUP)) * GROUP
+
+
+def block_size(num_items: int, block_items: int, kind: str) -> int:
+  """The block actually used: block_items rounded up to whole tiles, at most the (padded) item count."""
   block = min(block_items, -(-num_items // GROUP) * GROUP)
-  return -(-block // GROUP) * GROUP
+  block = -(-block // GROUP) * GROUP
+  tile = tile_size(block, kind)
+  return -(-block // tile) * tile
 
 
 def pad_table(table: scoring.ItemTable, block_items: int) -> tuple[scoring.ItemTable, int]:
   """Pads the table to whole blocks; returns it blocked and the block size used."""
   n = table.num_items
-  block = block_size(n, block_items)
+  block = block_size(n, block_items, table.kind)
   padded = -(-n // block) * block
   return _blocked(table.pad_to(padded), block), block
 
@@ -227,7 +279,6 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
                          batch_users=batch_users)
 
 
-
 def prepare_search(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int, method: str):
   """Validated host arrays plus the prepared user rows and item table shared by `topk` and `sharded_topk`.
 
@@ -244,6 +295,7 @@ def prepare_search(user_rep, item_rep, exclude_indptr, exclude_indices, users, k
   table = scoring.prepare_items(item_rep, user_rep, method)
   prepared = scoring.prepare_users(user_rep, method)
   return users, exclude_indptr, exclude_indices, num_items, prepared, table
+
 
 def search_prepared(prepared_users: jax.Array, blocked: scoring.ItemTable, num_items: int,
                     exclude_indptr: np.ndarray, exclude_indices: np.ndarray, users: np.ndarray, k: int, *,

@@ -7,7 +7,7 @@ import retrieval_ref as ref
 
 from hq_jax.errors import UserError
 from hq_jax.quant.quantizer import QuantizedMatrix
-from hq_jax.retrieval.topk import exclusion_pairs, topk
+from hq_jax.retrieval.topk import GROUP, TILE, block_size, exclusion_pairs, tile_size, topk
 
 NU, NI, D, K = 37, 1000, 19, 8
 
@@ -59,6 +59,33 @@ def test_matches_reference(name, bits, method, u, i, per_row):
   assert np.isneginf(scores[items_out == -1]).all() and np.isfinite(scores[items_out >= 0]).all()
   assert (scores[:, 1:] <= scores[:, :-1]).all()
   assert (items_out[1, 3:] == -1).all()  # user 0 has 3 eligible items
+
+
+TILED = [c for c in CASES if c[0] in ("float", "1bit_sign_int8", "2bit", "8bit_int8")]
+
+
+@pytest.mark.parametrize("name, bits, method, u, i, per_row", TILED, ids=[c[0] for c in TILED])
+def test_matches_reference_over_tiles(name, bits, method, u, i, per_row):
+  """Blocks of several tiles (matmul kinds score a block tile by tile), the last block and tile padded."""
+  rng = np.random.default_rng(len(name))
+  num_items = 5000
+  users = _rep(rng, NU, bits, *(u or (0, 0)))
+  items = _rep(rng, num_items, bits, *(i or (0, 0)), per_row=per_row)
+  indptr, indices = _exclusions(rng, NU, num_items, 400)
+  query = np.array([0, 7, 36, 2])
+  _, items_out = topk(users, items, indptr, indices, query, K, block_items=4160, batch_users=4, method=method)
+  want = ref.reference_topk(ref.dyadic_scores(users, items), indptr, indices, query, K)
+  np.testing.assert_array_equal(items_out, want)
+
+
+@pytest.mark.parametrize("num_items, block_items", [(40981, 65536), (5000, 4160), (100, 64), (10**6, 65536)])
+def test_block_is_whole_tiles(num_items, block_items):
+  for kind in ("float", "int8", "matmul"):
+    block = block_size(num_items, block_items, kind)
+    tile = tile_size(block, kind)
+    assert block % tile == 0 and tile % GROUP == 0 and tile <= TILE
+    assert block >= min(block_items, num_items) and block - min(block_items, -(-num_items // GROUP) * GROUP) < GROUP * (block // tile)
+  assert tile_size(block_size(num_items, block_items, "hamming"), "hamming") == block_size(num_items, block_items, "hamming")
 
 
 def test_all_ties_come_in_id_order():
