@@ -96,7 +96,8 @@ def load_export(path: str) -> tuple[Rep, Rep]:
         users, items = users.astype(np.float32), items.astype(np.float32)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
       raise UserError(f"{path}: damaged .npz export ({e})") from None
-  ud, idim = np.shape(users.codes if bits_of(users) else users)[1], np.shape(items.codes if bits_of(items) else items)[1]
+  width = lambda rep: np.shape(rep.codes if bits_of(rep) else rep)[1]
+  ud, idim = width(users), width(items)
   if ud != idim:
     raise UserError(f"{path}: user and item dimensions differ ({ud} vs {idim})")
   return users, items

@@ -13,7 +13,8 @@ optional) and `raw` one of:
 * float reps: `raw = <x_u, x_i>` in float32 (the float reference path, as exact as float32 matmul is);
 * 1 bit (`hamming`): `raw = d - 2 * popcount(pack(q_u) XOR pack(q_i))` = <q_u, q_i>, an int32 computed from
   packed uint32 words only; or `sign_matmul`: the same integer as a float32 matmul of the +-1 codes (exact:
-  |raw| <= d), or as an int8 x int8 -> int32 dot of the +-1 codes (`int8`). With one item scale the scale factors out (x^_u . x^_i = s_u s_i raw, s_u s_i > 0): exact.
+  |raw| <= d), or as an int8 x int8 -> int32 dot of the +-1 codes (`int8`). With one item scale the scale
+  factors out (x^_u . x^_i = s_u s_i raw, s_u s_i > 0): exact.
   With per-row item scales, m_i = s_i and the key `s_i * raw` is rounded to float32: the order is never
   inverted (rounding is monotone) but two items whose exact scores are within one float32 rounding
   (2^-24 relative) may tie and then be ordered by id.

@@ -15,7 +15,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hq_jax.retrieval import scoring
 # `hq_jax.retrieval.topk` the attribute is the function (re-exported); import from the module by path.
-from hq_jax.retrieval.topk import block_size, empty_result, prepare_search, scan_search, search_prepared
+from hq_jax.retrieval.topk import (block_size, blocked, empty_result, prepare_search, scan_search,
+                                   search_prepared)
 
 AXIS = "items"
 
@@ -36,9 +37,7 @@ def shard_table(table: scoring.ItemTable, mesh: jax.sharding.Mesh, block_items: 
   block = block_size(per_shard, block_items, table.kind)
   blocks_per_shard = -(-per_shard // block)
   shard_items = blocks_per_shard * block
-  padded = table.pad_to(n * shard_items)
-  blocked = jax.tree.map(lambda v: v.reshape((-1, block) + v.shape[1:]), padded)
-  return jax.device_put(blocked, NamedSharding(mesh, P(AXIS))), shard_items
+  return jax.device_put(blocked(table.pad_to(n * shard_items), block), NamedSharding(mesh, P(AXIS))), shard_items
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "k", "num_items", "shard_items"))

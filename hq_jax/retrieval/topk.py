@@ -38,7 +38,7 @@ GROUP = 32  # items per group = bits of one exclusion mask word
 TILE = 1024  # items scored at a time (their (B, TILE) scores stay in cache)
 
 
-def _blocked(table: scoring.ItemTable, block: int) -> scoring.ItemTable:
+def blocked(table: scoring.ItemTable, block: int) -> scoring.ItemTable:
   """Reshapes every per-item leaf to (num_blocks, block, ...) for `lax.scan`."""
   return jax.tree.map(lambda v: v.reshape((-1, block) + v.shape[1:]), table)
 
@@ -128,7 +128,7 @@ def _group_maxima(users: jax.Array, block: scoring.ItemTable, mask: jax.Array, v
   if tile == n:
     return one_tile((block, mask, valid))
   nt = n // tile
-  out = jax.lax.map(one_tile, (_blocked(block, tile), mask.reshape(batch, nt, tg).transpose(1, 0, 2),
+  out = jax.lax.map(one_tile, (blocked(block, tile), mask.reshape(batch, nt, tg).transpose(1, 0, 2),
                                valid.reshape(nt, tg, GROUP)))
   return out.transpose(1, 0, 2).reshape(batch, n // GROUP)
 
@@ -240,7 +240,7 @@ def pad_table(table: scoring.ItemTable, block_items: int) -> tuple[scoring.ItemT
   n = table.num_items
   block = block_size(n, block_items, table.kind)
   padded = -(-n // block) * block
-  return _blocked(table.pad_to(padded), block), block
+  return blocked(table.pad_to(padded), block), block
 
 
 def check_topk_args(num_users: int, num_items: int, users: np.ndarray, k: int,
