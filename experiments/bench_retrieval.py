@@ -11,6 +11,10 @@ r"""Benchmarks top-K retrieval: JAX float32 / 1-bit / b-bit search against FAISS
 
 Writes `<out>.json` (every timing, the machine, the command) and `<out>.md` (a markdown table). Recall is
 each method's top-K against the exact float32 ranking of the same (float) embeddings.
+
+Measured (2-core Sapphire Rapids CPU, quiet, 2026-11-23; results/retrieval.md): all Gowalla users against a
+trained export, JAX float32 2.22 s vs FAISS FlatIP 1.24 s, 1 bit XOR/popcount 0.63 s vs BinaryFlat 0.48 s,
+8 bit int8 1.61 s vs SQ8 4.76 s.
 """
 
 import json
