@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epochs = 200
   config.train.batch_size = 2048
   config.train.learning_rate = 1e-3
+  config.train.lr_schedule = "constant"  # or "cosine": decays the encoder's lr to 0 over train.epochs
   config.train.decay = 1e-4
   config.train.log_every = 10
   config.train.checkpoint_every = 10

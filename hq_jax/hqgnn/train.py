@@ -42,6 +42,8 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
       raise UserError(f"config.model.{key}={config.model[key]} is out of range")
   if config.train.batch_size < 1 or config.train.epochs < 0:
     raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
+  if config.train.lr_schedule not in LR_SCHEDULES:
+    raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
   evaluation.check_ks(config.eval.ks, data.num_items)
   quantizer_config(config)
   delta_config(config)
@@ -121,11 +123,25 @@ def warm_start_encoder(encoder_params, source_workdir: str):
   return jax.tree.unflatten(jax.tree.structure(encoder_params), leaves)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.ScalarOrSchedule:
+  """`train.learning_rate`, constant or (`train.lr_schedule = 'cosine'`) decayed to 0 over `train.epochs`.
+
+  The cosine schedule is a function of the step, which Adam's state counts, so it resumes exactly; a resumed
+  run with a different `train.epochs` follows a different schedule.
+  """
+  if config.train.lr_schedule == "constant":
+    return config.train.learning_rate
+  return optax.cosine_decay_schedule(config.train.learning_rate, max(config.train.epochs * steps_per_epoch, 1))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
   """Adam on the encoder; Adam with `quant.range_learning_rate` on the quantizer's range / scale."""
   def labels(params):
     return {name: jax.tree.map(lambda _: name, sub) for name, sub in params.items()}
-  return optax.multi_transform({"encoder": optax.adam(config.train.learning_rate),
+  return optax.multi_transform({"encoder": optax.adam(encoder_learning_rate(config, steps_per_epoch)),
                                 "quant": optax.adam(config.quant.range_learning_rate)}, labels)
 
 
@@ -258,7 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     deltas = {"users": jnp.zeros(()), "items": jnp.zeros(())}
   uses_curvature = qconfig is not None and qconfig.estimator == "gste" and dconfig.mode != "fixed"
-  tx = create_optimizer(config)
+  steps_per_epoch = -(-data.train.nnz // config.train.batch_size)
+  tx = create_optimizer(config, steps_per_epoch)
   opt_state = tx.init(params)
   train_step = make_train_step(graphdefs, tx, num_users=data.num_users, decay=config.train.decay, **static)
   xhat_fn = jax.jit(functools.partial(quantized_embeddings, graphdefs, **static))
@@ -288,7 +305,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------------
   epochs = config.train.epochs
   train_time = curvature_time = 0.0
-  steps_per_epoch = -(-data.train.nnz // config.train.batch_size)
   last_good = start_epoch
   for epoch in range(start_epoch, epochs):
     t0 = time.time()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -59,6 +60,27 @@ def test_resume_equals_uninterrupted(reference_run, tmp_path):
   assert steps == [2, 4]
 
 
+def test_cosine_schedule_matches_formula():
+  config = _config(learning_rate=0.01, lr_schedule="cosine", epochs=4)
+  lr = train.encoder_learning_rate(config, steps_per_epoch=25)  # 100 steps in all
+  for step in (0, 30, 50, 100, 150):
+    want = 0.01 * 0.5 * (1 + np.cos(np.pi * min(step, 100) / 100))
+    assert float(lr(step)) == pytest.approx(want, abs=1e-9)
+  assert train.encoder_learning_rate(_config(learning_rate=0.01)) == 0.01
+
+
+def test_cosine_schedule_resumes_exactly(tmp_path):
+  whole = train.train_and_evaluate(_config(lr_schedule="cosine"), str(tmp_path / "whole"))
+  constant = train.train_and_evaluate(_config(), str(tmp_path / "constant"))
+  assert whole["metrics"]["recall@20"] != constant["metrics"]["recall@20"]  # the schedule is used
+  # A crash after epoch 3 of the same 4-epoch run: its last checkpoint never written.
+  workdir = str(tmp_path / "whole")
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  resumed = train.train_and_evaluate(_config(lr_schedule="cosine"), workdir)
+  assert resumed["resumed_from_epoch"] == 3
+  np.testing.assert_allclose(resumed["metrics"]["recall@20"], whole["metrics"]["recall@20"], rtol=1e-6)
+
+
 def test_segment_aggregation_trains_like_csr(reference_run, tmp_path):
   _, results = reference_run
   config = _config()
@@ -84,6 +106,8 @@ def test_bad_config_values(tmp_path):
   config.eval.ks = (20, 100000)
   with pytest.raises(UserError, match="100000"):
     train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(UserError, match="lr_schedule='linear'"):
+    train.train_and_evaluate(_config(lr_schedule="linear"), str(tmp_path))
 
 
 @pytest.mark.parametrize("bits,estimator,delta", [("1", "gste", "trace"), ("2", "ste", "trace"),
