@@ -70,11 +70,11 @@ def test_cosine_schedule_matches_formula():
 
 
 def test_cosine_schedule_resumes_exactly(tmp_path):
-  whole = train.train_and_evaluate(_config(lr_schedule="cosine"), str(tmp_path / "whole"))
+  workdir = str(tmp_path / "whole")
+  whole = train.train_and_evaluate(_config(lr_schedule="cosine"), workdir)
   constant = train.train_and_evaluate(_config(), str(tmp_path / "constant"))
   assert whole["metrics"]["recall@20"] != constant["metrics"]["recall@20"]  # the schedule is used
   # A crash after epoch 3 of the same 4-epoch run: its last checkpoint never written.
-  workdir = str(tmp_path / "whole")
   shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
   resumed = train.train_and_evaluate(_config(lr_schedule="cosine"), workdir)
   assert resumed["resumed_from_epoch"] == 3
