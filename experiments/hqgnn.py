@@ -1,24 +1,23 @@
 """Trains LightGCN / HQ-GNN: `python -m experiments.hqgnn --config=CONFIG.py --workdir=DIR`.
 
 Override any config field from the command line, e.g. `--config.train.epochs=10`. Rerunning the same
-command on a workdir resumes from its last checkpoint. Prints a one-row results table at the end; the
+command on a workdir resumes from its newest intact checkpoint; a rerun with another config stops with one
+line naming the differing keys (`--extend` allows a larger `train.epochs`, recorded as a continuation). Prints a one-row results table at the end; the
 workdir gets results.json, metrics.jsonl and export.npz (see hq_jax/hqgnn/train.py).
 """
-
-from absl import flags
-from ml_collections import config_flags
 
 from hq_jax import cli
 from hq_jax.hqgnn import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _EXTEND = cli.define_training_flags()
 
 
 def main(argv):
   del argv
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
+  if results.get("status") == "stopped":
+    print(f"stopped after epoch {results['epoch']} (config.train.stop_after_epochs); rerun to resume")
+    return
   print(train.results_table([results]))
 
 

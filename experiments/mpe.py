@@ -7,20 +7,15 @@ field from the command line, e.g. `--config.train.max_epochs=5`. Rerunning the s
 resumes from its last checkpoint (for MPE, in whichever phase it stopped).
 """
 
-from absl import flags
-from ml_collections import config_flags
-
 from hq_jax import cli
 from hq_jax.ctr import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _EXTEND = cli.define_training_flags()
 
 
 def main(argv):
   del argv
-  r = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  r = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
   if r.get("status") == "stopped":
     print(f"stopped after step {r['step']} (config.train.stop_after_steps); rerun to resume")
     return

@@ -55,6 +55,28 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     return step
 
+  def shape_mismatch(self, abstract_state, step: int) -> str:
+    """'' when `step`'s stored arrays have the shapes and dtypes of `abstract_state`'s leaves (as multisets),
+    else a short description of the difference. Unreadable metadata counts as a match (the step is then
+    damaged, not different)."""
+    try:
+      stored = self._manager.item_metadata(step)
+      stored = getattr(stored, "tree", stored)
+      theirs = sorted((tuple(m.shape), str(m.dtype)) for m in jax.tree.leaves(stored) if hasattr(m, "shape"))
+    except Exception:  # noqa: BLE001 - damaged metadata: not a mismatch
+      return ""
+    ours = sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(jax.tree.map(_abstract, abstract_state)))
+    if theirs == ours:
+      return ""
+    missing = [s for s in ours if s not in theirs][:2]
+    extra = [s for s in theirs if s not in ours][:2]
+    return (f"{len(theirs)} stored arrays vs {len(ours)} expected; expected but not stored: {missing}; "
+            f"stored but not expected: {extra}")
+
+  def reload(self) -> None:
+    """Re-reads the steps on disk (after a step folder was moved away)."""
+    self._manager.reload()
+
   def close(self) -> None:
     self._manager.close()
 

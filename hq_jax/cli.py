@@ -46,6 +46,23 @@ def _make_parser(prog: str):
   return parse
 
 
+def define_training_flags():
+  """The flags every trainer binary takes: --config (a config file), --workdir and --extend.
+
+  Returns:
+    (config, workdir, extend) flag holders; read `.value` inside `main`.
+  """
+  from ml_collections import config_flags  # noqa: PLC0415 - only the trainer binaries need it
+
+  config = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for the config, checkpoints, metrics and results; "
+                                "rerunning the same command resumes it.")
+  extend = flags.DEFINE_bool("extend", False, "Allow a larger epoch budget than the workdir was started with "
+                             "(a continuation, recorded in its config.json and results.json).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  return config, workdir, extend
+
+
 def run(main: Callable[[list[str]], None], prog: str) -> None:
   """Runs `main` under absl with one-line errors for bad input (see the module docstring)."""
 

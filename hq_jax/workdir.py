@@ -1,12 +1,45 @@
-"""Workdir conventions shared by the trainers: results.json, metrics.jsonl, device and time stamps."""
+"""The run protocol shared by both trainers: one workdir per run, resumable, never mixing configs (ours).
+
+A workdir holds
+
+* `config.json`: the config the run was started with (and any recorded continuations);
+* `checkpoints/`: orbax checkpoints (`hq_jax.checkpoint`); damaged ones are moved to `checkpoints_damaged/`;
+* `metrics.jsonl`: one JSON record per line, each with a `step` key;
+* `results.json` and `export.npz`: what the final metrics were computed from.
+
+`RunDir` is the protocol both trainers follow:
+
+1. `RunDir(workdir, config, ...)` compares `config` with the stored `config.json`: any difference in a key
+   that changes the result stops the run with one `UserError` line naming the keys. Only a larger epoch
+   budget may differ, and only with `extend=True` (the binaries' `--extend` flag); it is then recorded as a
+   continuation in `config.json` and `results.json`.
+2. `restore(abstract_state)` resumes from the newest checkpoint that restores; a damaged one (a crash during
+   a write, a bad disk, a partial copy) is reported in one warning line and moved aside, never deleted.
+3. `check_finite(losses, ...)` is called once per epoch with the epoch's losses (one host sync) and raises
+   `NonFiniteLossError` with a message that is true whether or not a checkpoint exists yet.
+4. Every file is written atomically (temporary file in the same folder, then `os.replace`), so a kill during
+   any write leaves either the old file or the new one, never a half file that a rerun trusts.
+"""
+
+from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import platform
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import numpy as np
+
+from hq_jax.checkpoint import Checkpointer
+from hq_jax.errors import NonFiniteLossError, UserError
+
+CONFIG_FILE = "config.json"
+DAMAGED_DIR = "checkpoints_damaged"
 
 
 def _jsonable(obj):
@@ -25,13 +58,37 @@ def _jsonable(obj):
   return obj
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Atomic files
+# ----------------------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str, write: Callable[[io.IOBase], None], *, binary: bool = False) -> None:
+  """Calls `write(f)` on a temporary file beside `path`, syncs it, then renames it onto `path`.
+
+  A kill at any moment leaves `path` either as it was or complete; the temporary file is removed on errors.
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+  try:
+    with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def write_json(path: str, obj) -> None:
-  """Writes `obj` as indented JSON atomically (temporary file, then rename)."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_jsonable(obj), f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes `obj` as indented JSON atomically."""
+  atomic_write(path, lambda f: f.write(json.dumps(_jsonable(obj), indent=2) + "\n"))
+
+
+def write_npz(path: str, arrays: dict) -> None:
+  """Writes `arrays` as an uncompressed .npz atomically."""
+  atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def read_json(path: str):
@@ -40,16 +97,10 @@ def read_json(path: str):
 
 
 class MetricsLog:
-  """An append-only JSON-lines log, one evaluation per line, each with a `step` key."""
+  """A JSON-lines log, one record per line, each with a `step` key; every change rewrites it atomically."""
 
   def __init__(self, path: str):
     self.path = path
-
-  def append(self, record: dict) -> None:
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(_jsonable(record)) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
 
   def read(self) -> list[dict]:
     if not os.path.exists(self.path):
@@ -57,14 +108,230 @@ class MetricsLog:
     with open(self.path, encoding="utf-8") as f:
       return [json.loads(line) for line in f if line.strip()]
 
+  def _write(self, records: Sequence[dict]) -> None:
+    atomic_write(self.path, lambda f: f.writelines(json.dumps(_jsonable(r)) + "\n" for r in records))
+
+  def append(self, record: dict) -> None:
+    self._write(self.read() + [record])
+
+  def set_final(self, record: dict) -> None:
+    """Appends `record` marked `"final": true`, replacing the final record of an earlier run of the workdir."""
+    self._write([r for r in self.read() if not r.get("final")] + [dict(record, final=True)])
+
   def truncate_after(self, step: int) -> None:
     """Drops records with `step` > `step` (written after the checkpoint a resumed run starts from)."""
-    kept = [r for r in self.read() if r.get("step", 0) <= step]
-    tmp = f"{self.path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      for r in kept:
-        f.write(json.dumps(r) + "\n")
-    os.replace(tmp, self.path)
+    self._write([r for r in self.read() if r.get("step", 0) <= step])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config comparison
+# ----------------------------------------------------------------------------------------------------------
+
+
+def flatten_config(config) -> dict:
+  """{'train.epochs': 200, ...}: the config as dotted keys with JSON values (tuples become lists)."""
+  out = {}
+
+  def walk(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        walk(f"{prefix}{k}.", v)
+    else:
+      out[prefix[:-1]] = node
+
+  walk("", _jsonable(config))
+  return out
+
+
+def config_differences(stored: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
+  """Dotted keys whose values differ between two configs (or exist in one only), minus `ignore`."""
+  a, b = flatten_config(stored), flatten_config(current)
+  ignore = set(ignore)
+  return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k, KeyError) != b.get(k, KeyError))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run protocol
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _warn(message: str) -> None:
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class RunDir:
+  """One run's workdir (see the module docstring).
+
+  Args:
+    workdir: the folder (created if needed).
+    config: the run's ml_collections config (or a dict).
+    epochs_key: the dotted key of the epoch budget ('train.epochs', 'train.max_epochs').
+    ignore: dotted keys that do not change the result (logging and evaluation cadence, batch size of
+      evaluation, caches, simulated interruptions); they may differ between reruns.
+    extend: allow a larger epoch budget than the stored one (recorded as a continuation).
+    max_to_keep: checkpoints kept.
+
+  Raises:
+    UserError: the stored config differs in a key outside `ignore`, or the epoch budget shrank / grew
+      without `extend`.
+  """
+
+  def __init__(self, workdir: str, config, *, epochs_key: str, ignore: Iterable[str] = (), extend: bool = False,
+               max_to_keep: int = 2):
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.config = _jsonable(config)
+    self.continuations: list[dict] = []
+    self._check_config(epochs_key, tuple(ignore), extend)
+    self.checkpoints = Checkpointer(self.path("checkpoints"), max_to_keep=max_to_keep)
+    self.metrics = MetricsLog(self.path("metrics.jsonl"))
+    self.resumed_step: int | None = None
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def _check_config(self, epochs_key: str, ignore: tuple[str, ...], extend: bool) -> None:
+    path = self.path(CONFIG_FILE)
+    if not os.path.exists(path):
+      if os.path.isdir(self.path("checkpoints")) and os.listdir(self.path("checkpoints")):
+        _warn(f"{self.workdir} has checkpoints but no {CONFIG_FILE} (written by an older hq_jax); "
+              "recording this run's config as the workdir's")
+      write_json(path, {"config": self.config, "continuations": [], "created": now_iso()})
+      return
+    try:
+      stored = read_json(path)
+      stored_config = stored["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise UserError(f"{path}: unreadable ({e}); move it away to adopt this run's config") from None
+    self.continuations = list(stored.get("continuations", []))
+    differing = config_differences(stored_config, self.config, ignore)
+    old, new = flatten_config(stored_config).get(epochs_key), flatten_config(self.config).get(epochs_key)
+    if epochs_key in differing and isinstance(old, int) and isinstance(new, int) and new > old and extend:
+      differing.remove(epochs_key)
+      if not differing:
+        self.continuations.append({"from_epochs": old, "to_epochs": new, "at": now_iso()})
+        write_json(path, dict(stored, config=self.config, continuations=self.continuations))
+        _warn(f"{self.workdir}: continuing the run from {epochs_key}={old} to {new} (recorded in {CONFIG_FILE})")
+        return
+    if differing:
+      shown = ", ".join(f"{k} ({_show(flatten_config(stored_config).get(k))} -> "
+                        f"{_show(flatten_config(self.config).get(k))})" for k in differing[:6])
+      more = f" and {len(differing) - 6} more" if len(differing) > 6 else ""
+      hint = (f"; pass --extend to continue it to {epochs_key}={new}" if differing == [epochs_key] and
+              isinstance(old, int) and isinstance(new, int) and new > old else "")
+      raise UserError(f"{self.workdir} was started with another config: {shown}{more}; use a new --workdir, "
+                      f"or rerun with the stored config ({path}){hint}")
+
+  # ---- checkpoints
+
+  def restore(self, abstract_state):
+    """The newest checkpoint that restores into `abstract_state`'s structure, or None when there is none.
+
+    Stored shapes and dtypes are compared with `abstract_state` first (from the checkpoint's metadata). A
+    checkpoint that then fails to restore is damaged: one warning line, then it is moved to
+    `checkpoints_damaged/` and the next older one is tried.
+
+    Raises:
+      UserError: a checkpoint's stored shapes differ from `abstract_state` (code or config changed), or
+        every checkpoint was damaged.
+    """
+    damaged = []
+    for step in sorted(self.checkpoints.all_steps(), reverse=True):
+      mismatch = self.checkpoints.shape_mismatch(abstract_state, step)  # orbax would restore other shapes
+      if mismatch:
+        raise UserError(f"{self.checkpoints.directory}: checkpoint {step} does not match this run's state "
+                        f"({mismatch}); use a new --workdir")
+      try:
+        state = self.checkpoints.restore(abstract_state, step)
+      except Exception as e:  # noqa: BLE001 - orbax raises many kinds for damaged data
+        moved = self._move_aside(step)
+        _warn(f"checkpoint {step} in {self.checkpoints.directory} is damaged ({_first_line(e)}); "
+              f"moved to {moved}")
+        damaged.append(step)
+        continue
+      self.resumed_step = step
+      return state
+    if damaged:
+      raise UserError(f"{self.checkpoints.directory}: no checkpoint restores (damaged: steps "
+                      f"{', '.join(map(str, damaged))}, moved to {self.path(DAMAGED_DIR)}); rerun to start "
+                      "over from scratch, or restore a copy of the checkpoints")
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    target_root = self.path(DAMAGED_DIR)
+    os.makedirs(target_root, exist_ok=True)
+    target = os.path.join(target_root, str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(target_root, f"{step}.{suffix}")
+      suffix += 1
+    shutil.move(os.path.join(self.checkpoints.directory, str(step)), target)
+    self.checkpoints.reload()
+    return target
+
+  def save(self, step: int, state) -> None:
+    self.checkpoints.save(step, state)
+
+  def latest_step(self) -> int | None:
+    return self.checkpoints.latest_step()
+
+  # ---- checks and outputs
+
+  def check_finite(self, losses, *, epoch: int, first_step: int, where: str = "") -> None:
+    """Raises NonFiniteLossError naming the first non-finite loss of an epoch and the true resume point.
+
+    Args:
+      losses: (steps,) the epoch's losses (one host transfer).
+      epoch: 0-based epoch the losses belong to.
+      first_step: global step of losses[0].
+      where: extra context for the message (e.g. 'search phase').
+    """
+    losses = np.asarray(losses)
+    finite = np.isfinite(losses)
+    if finite.all():
+      return
+    bad = int(np.flatnonzero(~finite)[0])
+    last = self.latest_step()
+    context = f", {where}" if where else ""
+    if last is None:
+      resume = ("no checkpoint was written yet, so nothing to resume: start again in a new --workdir with a "
+                "lower train.learning_rate (or other settings)")
+    else:
+      resume = (f"the last good checkpoint is step {last} in {self.checkpoints.directory}; to try other "
+                "settings (e.g. a lower train.learning_rate) use a new --workdir")
+    self.close()
+    raise NonFiniteLossError(f"non-finite loss {losses[bad]} at step {first_step + bad} (epoch {epoch + 1}, "
+                             f"batch {bad}{context}); stopped: {resume}")
+
+  def write_results(self, results: dict) -> dict:
+    """Writes results.json (with the recorded continuations, if any) and returns what it wrote."""
+    if self.continuations:
+      results = dict(results, continuations=self.continuations)
+    write_json(self.path("results.json"), results)
+    return results
+
+  def write_export(self, arrays: dict) -> None:
+    write_npz(self.path("export.npz"), arrays)
+
+  def close(self) -> None:
+    self.checkpoints.close()
+
+
+def progress(iterable, total: int, desc: str):
+  """A tqdm bar on stderr that appears only when an epoch runs longer than 3 s and leaves no line behind."""
+  from tqdm import tqdm  # noqa: PLC0415 - only the trainers need it
+
+  return tqdm(iterable, total=total, desc=desc, delay=3.0, leave=False, dynamic_ncols=True, file=sys.stderr,
+              disable=None)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else type(e).__name__)[:200]
+
+
+def _show(v) -> str:
+  return "absent" if v is None else json.dumps(v)
 
 
 def device_description() -> str:

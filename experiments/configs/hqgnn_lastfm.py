@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.decay = 1e-4
   config.train.log_every = 10
   config.train.checkpoint_every = 10
+  config.train.stop_after_epochs = 0  # > 0: stop at the first checkpoint at or after it (simulated interruption)
   # Workdir of a trained run: start the encoder from its latest checkpoint. Batches are drawn from
   # (seed, epoch), so with the source's seed the first epochs replay its triples; change `seed` to avoid it.
   config.train.init_from = ""
@@ -54,4 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.ks = (20, 50)
   config.eval.every = 50  # epochs between evaluations written to metrics.jsonl; 0 = only at the end
   config.eval.batch_size = 1024
+  # "test": train on train.txt, evaluate on test.txt. "valid": train on train.txt minus a validation split
+  # (valid_fraction of each user's training items, drawn from valid_seed) and evaluate on it: choose settings
+  # with this, then report "test" once.
+  config.eval.split = "test"
+  config.eval.valid_fraction = 0.1
+  config.eval.valid_seed = 0
   return config

@@ -14,7 +14,6 @@ stored, for the quantized methods).
 """
 
 import functools
-import os
 import time
 from typing import Any
 
@@ -25,9 +24,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hq_jax import checkpoint, workdir as workdir_lib
+from hq_jax import workdir as workdir_lib
 from hq_jax.ctr import baselines, lsq, metrics, models, mpe
-from hq_jax.errors import NonFiniteLossError, UserError
+from hq_jax.errors import UserError
 
 METHODS = ("fp", "lsq", "alpt", "qr", "mpe")
 
@@ -227,15 +226,20 @@ def _phases(config) -> list[str]:
   return ["search", "retrain"] if config.method == "mpe" else ["train"]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+# Config keys that do not change the result: a rerun may change them (see `hq_jax.workdir.RunDir`).
+RESULT_NEUTRAL_KEYS = ("train.eval_batch_size", "data.cache_dir", "train.stop_after_steps")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, extend: bool = False) -> dict:
   """Trains `config.method`, evaluates it and writes the workdir; returns the results dict.
 
-  With `config.train.stop_after_steps` > 0 the run stops (status 'stopped', nothing final written) once
-  that many optimizer steps have been taken in total: a deterministic stand-in for an interruption.
+  Follows the run protocol of `hq_jax.workdir.RunDir` (a rerun with another config stops with a `UserError`;
+  `extend=True` allows a larger `train.max_epochs`). With `config.train.stop_after_steps` > 0 the run stops
+  (status 'stopped', nothing final written) once that many optimizer steps have been taken in total: a
+  deterministic stand-in for an interruption.
   """
   start_time = time.time()
   _validate(config)
-  os.makedirs(workdir, exist_ok=True)
 
   # ---- Input.
   ds = _load_data(config)
@@ -268,15 +272,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            "best_auc": np.float64(-np.inf), "best_epoch": np.int32(-1), "bad_epochs": np.int32(0),
            "train_seconds": np.zeros(len(phases)), "epochs_done": np.zeros(len(phases), np.int32),
            "search_best_auc": np.float64(np.nan)}
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  log = workdir_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    log.truncate_after(int(state["step"]))
+  run = workdir_lib.RunDir(workdir, config, epochs_key="train.max_epochs", ignore=RESULT_NEUTRAL_KEYS,
+                           extend=extend)
+  restored = run.restore(state)
+  if restored is not None:
+    state = restored
     print(f"resumed from step {int(state['step'])} (phase {phases[int(state['phase'])]}, "
           f"epoch {int(state['epoch'])})", flush=True)
-  else:
-    log.truncate_after(-1)
+  run.metrics.truncate_after(int(state["step"]) if restored is not None else -1)
 
   base_key = jax.random.key(config.seed + 1)
   stop_after = int(config.train.get("stop_after_steps", 0))
@@ -293,23 +296,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       params, rest, opt_state = state["params"], state["rest"], state["opt_state"]
       step = int(state["step"])
       epoch_start = time.time()
-      sums = {"loss": 0.0, "bce": 0.0, "reg": 0.0}
-      for i in range(steps_per_epoch):
+      first_step = step
+      history = []
+      for i in workdir_lib.progress(range(steps_per_epoch), steps_per_epoch, f"{phase} epoch {epoch + 1}"):
         idx = order[i * batch_size:(i + 1) * batch_size]
         params, rest, opt_state, m = train_step(params, rest, opt_state, jnp.asarray(train_ids[idx]),
                                                 jnp.asarray(train_labels[idx]),
                                                 jax.random.fold_in(base_key, step))
+        history.append({k: m[k] for k in ("loss", "bce", "reg")})
         step += 1
-        loss = float(m["loss"])
-        if not np.isfinite(loss):
-          raise NonFiniteLossError(
-              f"non-finite loss {loss} at step {step} ({phase} phase, epoch {epoch}); the last good "
-              f"checkpoint is step {ckpt.latest_step()} in {workdir}/checkpoints")
-        for k in sums:
-          sums[k] += float(m[k])
         if stop_after and step >= stop_after:
-          ckpt.close()
+          run.close()
           return {"status": "stopped", "step": step}
+      history = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))  # one sync per epoch
+      run.check_finite(history["loss"], epoch=epoch, first_step=first_step + 1, where=f"{phase} phase")
+      sums = {k: float(np.sum(v, dtype=np.float64)) for k, v in history.items()}
       train_seconds = time.time() - epoch_start
       valid = evaluate(predict, params, rest, valid_ids, valid_labels, config.train.eval_batch_size)
       improved = valid["auc"] > float(state["best_auc"])
@@ -334,10 +335,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         bits = mpe.select_bits_threshold(np.asarray(search_model.embedding.probs()))
         record["mean_bits_if_selected_now"] = mpe.mean_bits_per_feature(
             bits, np.asarray(search_model.embedding.group_of[...]))
-      log.append(record)
+      run.metrics.append(record)
       print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
             flush=True)
-      ckpt.save(step, state)
+      run.save(step, state)
 
     if phase_index + 1 == len(phases):
       break
@@ -353,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   final_model = nnx.merge(graphdefs[phase, "eval"], best_params, best_rest)
   export = export_table(final_model, config)
   if export["arrays"] is not None:
-    np.savez(os.path.join(workdir, "export.npz"), **export["arrays"])
+    run.write_export(export["arrays"])
   epochs_done = np.asarray(state["epochs_done"])
   train_seconds = np.asarray(state["train_seconds"])
   results = {
@@ -377,9 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results["groups"] = {"bits": np.asarray(emb.group_bits[...]).tolist(),
                          "mean_count": (totals / np.maximum(sizes, 1)).tolist(),
                          "size": sizes.tolist(), "selection": config.mpe.selection}
-  workdir_lib.write_json(os.path.join(workdir, "results.json"), results)
-  ckpt.close()
-  return results
+  run.close()
+  return run.write_results(results)
 
 
 def _start_retrain(config, state, graphdefs, tx, ds, counts) -> dict:

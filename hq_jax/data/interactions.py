@@ -177,6 +177,42 @@ def embedded_dataset_dir(name: str = LASTFM_DIR) -> str:
   return str(importlib.resources.files("hq_jax.data") / name)
 
 
+def validation_split(data: InteractionData, fraction: float = 0.1, seed: int = 0) -> InteractionData:
+  """Carves a validation split out of the training interactions, for choosing settings (ours).
+
+  Of each user's n training items, k = max(1, round(fraction * n)) drawn uniformly without replacement
+  (users with fewer than 2 training items keep them all) become that user's evaluation items; the rest stay
+  for training. The draw is a function of `seed` only, so every run with the same seed sees the same split.
+  The test split is not used at all.
+
+  Returns:
+    InteractionData with `train` = the remaining training pairs and `test` = the held-out pairs; the name
+    gets the suffix `-valid`.
+
+  Raises:
+    ValueError: when `fraction` is not in (0, 1).
+  """
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+  rng = np.random.default_rng([seed, 0x7a11d])
+  lengths = data.train.row_lengths()
+  held = np.where(lengths >= 2, np.maximum(1, np.round(fraction * lengths)), 0).astype(np.int64)
+  # Rank the items of each row by a random key; the `held[u]` lowest ranks are held out.
+  keys = rng.random(data.train.nnz)
+  rows = data.train.rows()
+  order = np.lexsort((keys, rows))
+  rank = np.empty(data.train.nnz, np.int64)
+  rank[order] = np.arange(data.train.nnz) - data.train.indptr[rows[order]]
+  out = rank < held[rows]
+  users, items = rows.astype(np.int64), data.train.indices.astype(np.int64)
+  train, _ = to_csr(users[~out], items[~out], data.num_users, data.num_items)
+  valid, _ = to_csr(users[out], items[out], data.num_users, data.num_items)
+  summary = dict(data.summary, name=f"{data.name}-valid", split="valid", valid_fraction=fraction,
+                 valid_seed=seed, train_interactions=train.nnz, test_interactions=valid.nnz,
+                 test_users=int((valid.row_lengths() > 0).sum()))
+  return dataclasses.replace(data, name=summary["name"], train=train, test=valid, summary=summary)
+
+
 def load_dataset(data_dir: str | None) -> InteractionData:
   """Loads `data_dir`, or the embedded LastFM dataset when `data_dir` is empty or "lastfm"."""
   if not data_dir or data_dir == "lastfm":

@@ -22,15 +22,15 @@ from flax import nnx
 
 from hq_jax import evaluation
 from hq_jax.checkpoint import Checkpointer
-from hq_jax.data.interactions import InteractionData, load_dataset
-from hq_jax.errors import NonFiniteLossError, UserError
+from hq_jax.data.interactions import InteractionData, load_dataset, validation_split
+from hq_jax.errors import UserError
 from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import lightgcn
 from hq_jax.hqgnn import sampling
 from hq_jax.quant import curvature
 from hq_jax.quant import module as quant_module
 from hq_jax.quant.quantizer import QuantizedMatrix
-from hq_jax.workdir import MetricsLog, device_description, now_iso, write_json
+from hq_jax.workdir import RunDir, device_description, now_iso, progress
 
 
 def validate_config(config: ml_collections.ConfigDict, data: InteractionData) -> None:
@@ -72,6 +72,23 @@ def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
                                  rtol=q.hutchinson_rtol)
   except ValueError as e:
     raise UserError(f"config.quant.delta={q.delta!r}: {e} (expected trace, diagonal or fixed)") from None
+
+
+EVAL_SPLITS = ("test", "valid")
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> InteractionData:
+  """The dataset of `config.data_dir`; with `eval.split = 'valid'`, train minus a validation split carved
+  from it (`eval.valid_fraction` of each user's items, drawn from `eval.valid_seed`), evaluated on that."""
+  if config.eval.split not in EVAL_SPLITS:
+    raise UserError(f"config.eval.split={config.eval.split!r}: expected one of {EVAL_SPLITS}")
+  data = load_dataset(config.data_dir)
+  if config.eval.split == "valid":
+    try:
+      data = validation_split(data, config.eval.valid_fraction, config.eval.valid_seed)
+    except ValueError as e:
+      raise UserError(f"config.eval.valid_fraction={config.eval.valid_fraction}: {e}") from None
+  return data
 
 
 @dataclasses.dataclass
@@ -247,12 +264,23 @@ def _log(msg: str) -> None:
   print(msg, flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns the results dict."""
+# Config keys that do not change the result: a rerun may change them (see `hq_jax.workdir.RunDir`).
+RESULT_NEUTRAL_KEYS = ("train.log_every", "train.checkpoint_every", "train.stop_after_epochs", "eval.every",
+                       "eval.batch_size")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, extend: bool = False) -> dict:
+  """Trains per `config` in `workdir` (resuming it if it holds checkpoints); returns the results dict.
+
+  Follows the run protocol of `hq_jax.workdir.RunDir`: a rerun with a config that differs in a key outside
+  `RESULT_NEUTRAL_KEYS` stops with a `UserError`; `extend=True` allows a larger `train.epochs` (recorded).
+  With `train.stop_after_epochs` > 0 the run stops once that many epochs are done and checkpointed (returns
+  {'status': 'stopped', 'epoch': ...}, nothing final written): a deterministic stand-in for an interruption.
+  """
   t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  data = load_dataset(config.data_dir)
+  data = load_training_data(config)
   validate_config(config, data)
+  run = RunDir(workdir, config, epochs_key="train.epochs", ignore=RESULT_NEUTRAL_KEYS, extend=extend)
   qconfig, dconfig = quantizer_config(config), delta_config(config)
   problem = create_problem(config, data)
   static = dict(aggregation=config.model.aggregation, num_layers=config.model.num_layers)
@@ -263,8 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   encoder = create_model(config, data, config.seed)
   graphdefs, params = {}, {}
   graphdefs["encoder"], params["encoder"] = nnx.split(encoder)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=2)
-  if config.train.init_from and ckpt.latest_step() is None:
+  if config.train.init_from and run.latest_step() is None:
     params["encoder"] = warm_start_encoder(params["encoder"], config.train.init_from)
   if qconfig is not None:
     users0, items0 = jax.jit(functools.partial(final_embeddings, graphdefs["encoder"], **static))(
@@ -282,30 +309,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   represent_fn = jax.jit(functools.partial(representations, graphdefs, **static))
 
   # ------------------------------------------------------------------------------------------------------
-  # Checkpoint: resume if the workdir has one.
+  # Checkpoint: resume from the newest one that restores.
   # ------------------------------------------------------------------------------------------------------
-  metrics_log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   start_epoch = 0
-  if ckpt.latest_step() is not None:
-    abstract = jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0))
-    try:
-      restored = ckpt.restore(abstract)
-    except (ValueError, KeyError) as e:
-      raise UserError(f"{ckpt.directory}: checkpoint does not match this config (model, quantizer or "
-                      f"dataset changed?): {str(e).splitlines()[0]}") from None
+  restored = run.restore(jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0)))
+  if restored is not None:
     params, opt_state, deltas = restored["params"], restored["opt_state"], restored["deltas"]
     start_epoch = int(restored["epoch"])
-    metrics_log.truncate_after(start_epoch)
-    _log(f"resumed from {ckpt.directory} at epoch {start_epoch}")
-  else:
-    metrics_log.truncate_after(-1)
+    _log(f"resumed from {run.checkpoints.directory} at epoch {start_epoch}")
+  run.metrics.truncate_after(start_epoch if restored is not None else -1)
 
   # ------------------------------------------------------------------------------------------------------
   # Training loop.
   # ------------------------------------------------------------------------------------------------------
   epochs = config.train.epochs
   train_time = curvature_time = 0.0
-  last_good = start_epoch
   for epoch in range(start_epoch, epochs):
     t0 = time.time()
     batches, weights = epoch_batches(data, config.seed, epoch, config.train.batch_size)
@@ -319,24 +337,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       deltas = jax.block_until_ready(estimate.deltas)
       delta_seconds = time.time() - t_delta
       curvature_time += delta_seconds
-      metrics_log.append({"step": epoch, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
+      run.metrics.append({"step": epoch, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
                           "seconds": delta_seconds,
                           "curvature_per_element": _mean_of(estimate.curvature),
                           "curvature_stderr": _mean_of(estimate.stderr),
                           "hutchinson_samples": _mean_of(estimate.num_samples),
                           "grad_std": _mean_of(estimate.grad_std)})
     losses = []
-    for i in range(batches.shape[0]):
+    for i in progress(range(batches.shape[0]), batches.shape[0], f"epoch {epoch + 1}/{epochs}"):
       params, opt_state, metrics = train_step(params, opt_state, deltas, batches[i], weights[i], problem.graph,
                                               problem.adjacency)
       losses.append(metrics["loss"])
     losses = np.asarray(jnp.stack(losses))
-    if not np.all(np.isfinite(losses)):
-      bad = int(np.flatnonzero(~np.isfinite(losses))[0])
-      ckpt.close()
-      raise NonFiniteLossError(
-          f"non-finite loss {losses[bad]} at step {epoch * steps_per_epoch + bad} (epoch {epoch + 1}, "
-          f"batch {bad}); stopped, last good checkpoint is epoch {last_good} in {ckpt.directory}")
+    run.check_finite(losses, epoch=epoch, first_step=epoch * steps_per_epoch)
     dt = time.time() - t0
     train_time += dt
     done = epoch + 1
@@ -354,19 +367,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record["delta"] = _mean_of(deltas)
       _log("  eval " + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if "@" in k))
     if done % config.train.checkpoint_every == 0 or done == epochs:
-      ckpt.save(done, _checkpoint_state(params, opt_state, deltas, done))
-      last_good = done
+      run.save(done, _checkpoint_state(params, opt_state, deltas, done))
     if record is not None:  # logged after the checkpoint that covers it, so a resume never duplicates it
-      metrics_log.append(record)
-  ckpt.close()
+      run.metrics.append(record)
+    if config.train.stop_after_epochs and done >= config.train.stop_after_epochs and done < epochs:
+      if run.latest_step() == done:
+        run.close()
+        return {"status": "stopped", "epoch": done}
+  run.close()
 
   # ------------------------------------------------------------------------------------------------------
   # Final evaluation and export: the metrics are computed from exactly what export.npz stores.
   # ------------------------------------------------------------------------------------------------------
   users, items = jax.device_get(represent_fn(params, problem.graph, problem.adjacency))
   final = evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks), batch_size=config.eval.batch_size)
-  np.savez(os.path.join(workdir, "export.npz"), **export_arrays(users, items))
-  metrics_log.append({"step": epochs, "epoch": epochs, "final": True, **final})
+  run.write_export(export_arrays(users, items))
+  run.metrics.set_final({"step": epochs, "epoch": epochs, **final})
   stored = representation_bytes(users, items)
   results = {
       "config": config.to_dict(),
@@ -387,8 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   if qconfig is not None:
     results["final_delta"] = _mean_of(deltas)
-  write_json(os.path.join(workdir, "results.json"), results)
-  return results
+  return run.write_results(results)
 
 
 def results_table(runs: list[dict]) -> str:

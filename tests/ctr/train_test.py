@@ -53,10 +53,41 @@ def test_mpe_resume_in_both_phases_matches_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_loss_names_the_step(tmp_path):
-  with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(train phase, epoch 0\)"):
-    c = _config(learning_rate=float("nan"))
+  # ../shared/cases/nan-before-first-checkpoint: the message is true when no checkpoint exists yet.
+  with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(epoch 1, batch \d+, train phase\); stopped: no "
+                     r"checkpoint was written yet"):
+    c = _config(learning_rate=1e30)
     c.method = "fp"
     train.train_and_evaluate(c, str(tmp_path))
+  assert not os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("section,key,value", [("model", "dim", 4), ("train", "learning_rate", 1e-2),
+                                               ("train", "max_epochs", 1), ("mpe", "lam", 0.0),
+                                               ("model", "hidden", (8,))])
+def test_rerun_with_another_config_stops_in_one_line(tmp_path, section, key, value):
+  # ../shared/cases/ctr-resume-config-mismatch, as a kind: any result-changing key, not only shapes.
+  c = _config(stop_after_steps=1)
+  c.method = "fp"
+  train.train_and_evaluate(c, str(tmp_path))
+  c = _config()
+  c.method = "fp"
+  c[section][key] = value
+  with pytest.raises(UserError, match=rf"another config: {section}\.{key} ") as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  assert "\n" not in str(e.value)
+
+
+def test_extend_max_epochs_needs_the_flag(tmp_path):
+  c = _config(max_epochs=1)
+  c.method = "fp"
+  short = train.train_and_evaluate(c, str(tmp_path))
+  c = _config(max_epochs=2)
+  c.method = "fp"
+  with pytest.raises(UserError, match="--extend"):
+    train.train_and_evaluate(c, str(tmp_path))
+  longer = train.train_and_evaluate(c, str(tmp_path), extend=True)
+  assert longer["continuations"][0]["to_epochs"] == 2 and longer["steps"] > short["steps"]
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -70,3 +101,19 @@ def test_bad_config_is_a_user_error(tmp_path, key, value, message):
   (c[section] if section else c)[name] = value
   with pytest.raises(UserError, match=message):
     train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_damaged_newest_checkpoint_is_set_aside(tmp_path, capsys):
+  from hqgnn.train_test import damage_checkpoint  # noqa: PLC0415 - the same damage as the HQ-GNN test
+  c = _config()
+  c.method = "fp"
+  full = train.train_and_evaluate(c, str(tmp_path / "full"))
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(c, workdir)
+  os.remove(os.path.join(workdir, "results.json"))
+  newest = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  damage_checkpoint(workdir, newest)
+  resumed = train.train_and_evaluate(c, workdir)
+  assert f"checkpoint {newest}" in capsys.readouterr().err
+  assert resumed["test_auc"] == full["test_auc"] and resumed["test_logloss"] == full["test_logloss"]
+  assert os.listdir(os.path.join(workdir, "checkpoints_damaged")) == [str(newest)]

@@ -51,8 +51,9 @@ def test_same_seed_same_result(reference_run, tmp_path):
 def test_resume_equals_uninterrupted(reference_run, tmp_path):
   _, results = reference_run
   workdir = str(tmp_path)
-  train.train_and_evaluate(_config(epochs=2), workdir)  # stop after epoch 2 ...
-  resumed = train.train_and_evaluate(_config(), workdir)  # ... and continue to epoch 4
+  stopped = train.train_and_evaluate(_config(stop_after_epochs=2), workdir)  # interrupted after epoch 2 ...
+  assert stopped == {"status": "stopped", "epoch": 2}
+  resumed = train.train_and_evaluate(_config(), workdir)  # ... and rerun
   assert resumed["resumed_from_epoch"] == 2
   np.testing.assert_allclose([resumed["metrics"][k] for k in ("recall@20", "ndcg@50")],
                              [results["metrics"][k] for k in ("recall@20", "ndcg@50")], rtol=1e-6)
@@ -76,6 +77,7 @@ def test_cosine_schedule_resumes_exactly(tmp_path):
   assert whole["metrics"]["recall@20"] != constant["metrics"]["recall@20"]  # the schedule is used
   # A crash after epoch 3 of the same 4-epoch run: its last checkpoint never written.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  os.remove(os.path.join(workdir, "results.json"))
   resumed = train.train_and_evaluate(_config(lr_schedule="cosine"), workdir)
   assert resumed["resumed_from_epoch"] == 3
   np.testing.assert_allclose(resumed["metrics"]["recall@20"], whole["metrics"]["recall@20"], rtol=1e-6)
@@ -89,12 +91,42 @@ def test_segment_aggregation_trains_like_csr(reference_run, tmp_path):
   assert seg["metrics"]["recall@20"] == pytest.approx(results["metrics"]["recall@20"], abs=2e-3)
 
 
-def test_non_finite_loss_names_step_and_keeps_checkpoint(tmp_path):
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+  # ../shared/cases/nan-before-first-checkpoint: the message must not name a checkpoint that does not exist.
+  with pytest.raises(NonFiniteLossError, match=r"step \d+ \(epoch 1.*no checkpoint was written yet"):
+    train.train_and_evaluate(_config(learning_rate=1e20), str(tmp_path))
+  assert Checkpointer(os.path.join(str(tmp_path), "checkpoints")).latest_step() is None
+
+
+def test_extend_epochs_is_explicit_and_recorded(reference_run, tmp_path):
+  _, results = reference_run
   workdir = str(tmp_path)
   train.train_and_evaluate(_config(epochs=2), workdir)
-  with pytest.raises(NonFiniteLossError, match=r"step \d+ \(epoch 3"):
-    train.train_and_evaluate(_config(epochs=4, learning_rate=1e30), workdir)
-  assert Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 2
+  with pytest.raises(UserError, match=r"train.epochs \(2 -> 4\).*--extend"):
+    train.train_and_evaluate(_config(), workdir)
+  extended = train.train_and_evaluate(_config(), workdir, extend=True)
+  assert extended["continuations"][0]["from_epochs"] == 2 and extended["continuations"][0]["to_epochs"] == 4
+  assert extended["metrics"] == pytest.approx(results["metrics"], rel=1e-6)  # constant lr: same as 4 epochs
+  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == [4] and json.load(open(os.path.join(workdir, "config.json")))["config"]["train"]["epochs"] == 4
+
+
+@pytest.mark.parametrize("override", [dict(epochs=1), dict(learning_rate=1e-2), dict(decay=0.0),
+                                      dict(batch_size=2048)])
+def test_rerun_with_another_config_stops(reference_run, tmp_path, override):
+  # ../shared/cases/resume-config-drift: a finished 4-epoch workdir rerun with another config.
+  workdir, results = reference_run
+  before = open(os.path.join(workdir, "results.json")).read()
+  key = next(iter(override))
+  with pytest.raises(UserError, match=rf"another config: train\.{key} "):
+    train.train_and_evaluate(_config(**override), workdir)
+  assert open(os.path.join(workdir, "results.json")).read() == before
+
+
+def test_rerun_with_neutral_changes_is_allowed(reference_run):
+  workdir, results = reference_run
+  again = train.train_and_evaluate(_config(log_every=3, checkpoint_every=2), workdir)
+  assert again["metrics"] == results["metrics"] and again["resumed_from_epoch"] == 4
 
 
 def test_bad_config_values(tmp_path):
@@ -172,3 +204,33 @@ def test_init_from_starts_encoder_at_the_source_checkpoint(reference_run, tmp_pa
     train.train_and_evaluate(config, str(tmp_path / "bad_dim"))
   with pytest.raises(UserError, match="no checkpoints"):
     train.train_and_evaluate(_config(epochs=0, init_from=str(tmp_path / "nowhere")), str(tmp_path / "x"))
+
+
+def damage_checkpoint(workdir: str, step: int) -> None:
+  """Flips bytes of the largest file of a checkpoint step, as in ../shared/cases/corrupted-checkpoint."""
+  files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(workdir, "checkpoints", str(step)))
+           for f in names]
+  path = max(files, key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  for i in range(100, len(data), 997):
+    data[i] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(reference_run, tmp_path, capsys):
+  _, results = reference_run
+  workdir = str(tmp_path)
+  shutil.copytree(reference_run[0], workdir, dirs_exist_ok=True)
+  damage_checkpoint(workdir, 4)
+  resumed = train.train_and_evaluate(_config(), workdir)
+  err = capsys.readouterr().err
+  assert "checkpoint 4" in err and "damaged" in err and err.count("\n") == 1
+  assert resumed["resumed_from_epoch"] == 3
+  assert resumed["metrics"] == pytest.approx(results["metrics"], rel=1e-6)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints_damaged", "4"))  # moved aside, not deleted
+  # Every checkpoint damaged: one clear error, nothing deleted.
+  damage_checkpoint(workdir, 4)
+  damage_checkpoint(workdir, 3)
+  with pytest.raises(UserError, match="no checkpoint restores"):
+    train.train_and_evaluate(_config(), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints_damaged"))) == ["3", "4", "4.1"]
