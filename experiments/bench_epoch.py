@@ -41,32 +41,33 @@ _OUT = flags.DEFINE_string("out", "", "JSON output path (default: print only).")
 def time_jax(config, data, aggregation: str) -> dict:
   config.model.aggregation = aggregation
   problem = train.create_problem(config, data)
-  graphdef, state = nnx.split(train.create_model(config, data, 0))
-  graphdefs, params = {"encoder": graphdef}, {"encoder": state}
+  model = train.create_model(config, train.validate_config(config, data), problem)
+  graphdef, params = nnx.split(model)
   tx = train.create_optimizer(config)
   opt_state = tx.init(params)
   deltas = {"users": np.zeros((), np.float32), "items": np.zeros((), np.float32)}
-  step = train.make_train_step(graphdefs, tx, aggregation=aggregation, num_layers=config.model.num_layers,
-                               num_users=data.num_users, decay=config.train.decay)
+  step = train.make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay,
+                               distill_weight=0.0)
   t = time.perf_counter()
-  batches, weights = train.epoch_batches(data, 0, 0, config.train.batch_size)
+  batches = train.epoch_batches(data, 0, 0, config.train.batch_size)
   sample_s = time.perf_counter() - t
+  batch = lambda i: {k: v[i] for k, v in batches.items()}
+  steps_per_epoch = batches["triples"].shape[0]
   t = time.perf_counter()
-  compiled = step.lower(params, opt_state, deltas, batches[0], weights[0], problem.graph,
-                        problem.adjacency).compile()
+  compiled = step.lower(params, opt_state, deltas, batch(0), problem.graph, problem.adjacency).compile()
   compile_s = time.perf_counter() - t
   times = []
   for i in range(_WARMUP.value + _STEPS.value):
     t = time.perf_counter()
-    params, opt_state, metrics = compiled(params, opt_state, deltas, batches[i], weights[i], problem.graph,
+    params, opt_state, metrics = compiled(params, opt_state, deltas, batch(i % steps_per_epoch), problem.graph,
                                           problem.adjacency)
     jax.block_until_ready(metrics["loss"])
     if i >= _WARMUP.value:
       times.append(time.perf_counter() - t)
   median = float(np.median(times))
   return {"method": f"jax-{aggregation}", "compile_s": compile_s, "median_step_s": median,
-          "steps_per_epoch": int(batches.shape[0]), "sample_epoch_s": sample_s,
-          "epoch_s_estimate": median * batches.shape[0] + sample_s}
+          "steps_per_epoch": int(steps_per_epoch), "sample_epoch_s": sample_s,
+          "epoch_s_estimate": median * steps_per_epoch + sample_s}
 
 
 def time_torch() -> dict:

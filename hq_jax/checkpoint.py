@@ -8,10 +8,32 @@ temporary folder first, so a kill during a save leaves the previous step intact.
 """
 
 import os
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+# The suffix of the folder orbax writes a step into before renaming it to the step's number.
+UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def remove_unfinished_saves(directory: str) -> list[str]:
+  """Deletes the temporary step folders that an interrupted save left in `directory`; returns their paths.
+
+  Such a folder was never renamed to its step, so it never was a checkpoint (orbax would delete it too, with
+  a log line, when it saves that step again). Only the process that owns `directory` may call this.
+  """
+  if not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    if UNFINISHED_SUFFIX in name:
+      path = os.path.join(os.path.abspath(directory), name)
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
 
 
 class Checkpointer:
@@ -21,7 +43,8 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -40,8 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Quantizer of the final user and item embeddings (HQ-GNN). bits = none is plain LightGCN.
   config.quant = ml_collections.ConfigDict()
   config.quant.bits = "none"  # none, 1, 2, 3, 4 or 8
-  config.quant.estimator = "gste"  # ste or gste (Hessian-aware)
+  config.quant.estimator = "gste"  # ste, gste (Hessian-aware) or gaussian (BiGeaR's derivative of sign, 1 bit)
+  config.quant.codes = "final"  # final (spec: final embeddings) or layerwise (each layer E(k), BiGeaR's layout)
+  config.quant.layer_weights = "mean"  # layerwise scores sum_k w_k <u_k, i_k>: mean (1/(K+1)) or bigear
+  config.quant.gaussian_a = 1.0  # gaussian estimator: BiGeaR's norm_a
   config.quant.delta = "trace"  # GSTE delta: trace (spec: Hutchinson Tr(H)/N), diagonal (ours), fixed
+  config.quant.delta_multiplier = 1.0  # trace / diagonal: delta = this * the rule's delta (sweeps)
   config.quant.fixed_delta = 1e-3  # delta of the fixed mode
   config.quant.delta_every = 10  # T: recompute delta every T epochs (it starts at 0)
   config.quant.delta_batches = 3  # mini-batches averaged per recomputation
@@ -49,7 +53,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.quant.hutchinson_rtol = 1e-3
   config.quant.range_learning_rate = 1e-3  # Adam lr of the learnable range / 1-bit scale (spec: 1e-5..1e-3)
   config.quant.one_bit_scale = "matrix"  # matrix or row (BiGeaR-style per-row scale)
+  config.quant.scale_bits = 32  # row scales stored as float32 (32) or 8-bit codes (8)
   config.quant.init_num_std = 3.0  # initial range: mean -+ this many std of the initial embeddings
+
+  # Ranking distillation from the train.init_from model's top-R items (ours, after BiGeaR). weight 0 = off.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.weight = 0.0
+  config.distill.top_r = 100  # R: the teacher's top-R non-training items per user
+  config.distill.decay = 0.1  # rank r is drawn with probability proportional to exp(-decay * (r + 1))
+  config.distill.samples = 4  # teacher items per BPR row and step
 
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (20, 50)

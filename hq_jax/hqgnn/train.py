@@ -26,6 +26,7 @@ from hq_jax.data.interactions import InteractionData, load_dataset, validation_s
 from hq_jax.errors import UserError
 from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import lightgcn
+from hq_jax.hqgnn import model as model_lib
 from hq_jax.hqgnn import sampling
 from hq_jax.quant import curvature
 from hq_jax.quant import module as quant_module
@@ -33,8 +34,12 @@ from hq_jax.quant.quantizer import QuantizedMatrix
 from hq_jax.workdir import RunDir, device_description, now_iso, progress
 
 
-def validate_config(config: ml_collections.ConfigDict, data: InteractionData) -> None:
-  """Checks values that config_flags cannot (choices, ranges); raises UserError naming the key."""
+def validate_config(config: ml_collections.ConfigDict, data: InteractionData) -> model_lib.ModelConfig:
+  """Checks values that config_flags cannot (choices, ranges); returns the model's config.
+
+  Raises:
+    UserError: naming the key.
+  """
   if config.model.aggregation not in ("segment", "csr"):
     raise UserError(f"config.model.aggregation={config.model.aggregation!r}: expected 'segment' or 'csr'")
   for key in ("dim", "num_layers"):
@@ -44,32 +49,45 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
     raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
   if config.train.lr_schedule not in LR_SCHEDULES:
     raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+  if config.distill.weight < 0 or config.distill.top_r < 1 or config.distill.samples < 1:
+    raise UserError("config.distill: weight must be >= 0, top_r and samples >= 1")
+  if config.distill.weight > 0 and not config.train.init_from:
+    raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run")
   evaluation.check_ks(config.eval.ks, data.num_items)
-  quantizer_config(config)
   delta_config(config)
+  try:
+    return model_lib.ModelConfig(
+        num_users=data.num_users, num_items=data.num_items, dim=int(config.model.dim),
+        num_layers=int(config.model.num_layers), init_std=config.model.init_std,
+        aggregation=config.model.aggregation, quant=quantizer_config(config), codes=config.quant.codes,
+        layer_weights=config.quant.layer_weights)
+  except ValueError as e:
+    raise UserError(f"config.quant (codes={config.quant.codes!r}, layer_weights={config.quant.layer_weights!r}): "
+                    f"{e}") from None
 
 
 def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
   """The quantizer of `config.quant`, or None for full precision (`quant.bits = 'none'`)."""
-  bits = str(config.quant.bits).strip().lower()
+  q = config.quant
+  bits = str(q.bits).strip().lower()
   if bits in ("none", "fp", "32", ""):
     return None
   try:
     return quant_module.QuantizerConfig(
-        bits=int(bits), estimator=config.quant.estimator, one_bit_scale=config.quant.one_bit_scale,
-        init_num_std=config.quant.init_num_std)
+        bits=int(bits), estimator=q.estimator, one_bit_scale=q.one_bit_scale, scale_bits=int(q.scale_bits),
+        gaussian_a=q.gaussian_a, init_num_std=q.init_num_std)
   except ValueError as e:
-    raise UserError(f"config.quant (bits={config.quant.bits!r}, estimator={config.quant.estimator!r}): {e}; "
-                    "bits must be none, 1, 2, 3, 4 or 8 and estimator ste or gste") from None
+    raise UserError(f"config.quant (bits={q.bits!r}, estimator={q.estimator!r}): {e}; bits must be none, 1, 2, "
+                    "3, 4 or 8 and estimator ste, gste or gaussian") from None
 
 
 def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
   """How the GSTE's delta is set: from the Hessian trace (spec), its diagonal (ours), or fixed."""
   q = config.quant
   try:
-    return curvature.DeltaConfig(mode=q.delta, fixed_delta=q.fixed_delta, every_epochs=q.delta_every,
-                                 num_batches=q.delta_batches, max_samples=q.hutchinson_max_samples,
-                                 rtol=q.hutchinson_rtol)
+    return curvature.DeltaConfig(mode=q.delta, fixed_delta=q.fixed_delta, multiplier=q.delta_multiplier,
+                                 every_epochs=q.delta_every, num_batches=q.delta_batches,
+                                 max_samples=q.hutchinson_max_samples, rtol=q.hutchinson_rtol)
   except ValueError as e:
     raise UserError(f"config.quant.delta={q.delta!r}: {e} (expected trace, diagonal or fixed)") from None
 
@@ -106,19 +124,11 @@ def create_problem(config: ml_collections.ConfigDict, data: InteractionData) -> 
   return Problem(data=data, graph=graph, adjacency=adjacency)
 
 
-def create_model(config: ml_collections.ConfigDict, data: InteractionData, seed: int) -> lightgcn.LightGCN:
-  return lightgcn.LightGCN(data.num_users, data.num_items, config.model.dim,
-                           init_std=config.model.init_std, rngs=nnx.Rngs(params=seed))
+def read_encoder(source_workdir: str, embedding_shape: tuple[int, int]) -> np.ndarray:
+  """E0 of the latest checkpoint in `source_workdir` (a trained run), checked against `embedding_shape`.
 
-
-def warm_start_encoder(encoder_params, source_workdir: str):
-  """The encoder parameters of the latest checkpoint in `source_workdir`, checked against ours.
-
-  Used by `train.init_from`: quantized runs can start from a trained full-precision encoder (the quantizer's
-  range is then initialised from the trained embeddings). Only the encoder's parameters are taken; the
-  optimizer state starts fresh. The sampler still draws epoch e from (seed, e): with the source run's seed,
-  the first epochs replay the source's BPR triples (on Gowalla the BPR loss rose ~70% at the first epoch
-  past the source's, results/foundation.md); pass another `seed` for fresh triples.
+  Raises:
+    UserError: no checkpoint there, or its E0 has another shape (dataset, split or dim changed).
   """
   directory = os.path.join(source_workdir, "checkpoints")
   if not os.path.isdir(directory):
@@ -128,16 +138,26 @@ def warm_start_encoder(encoder_params, source_workdir: str):
     if step is None:
       raise UserError(f"train.init_from={source_workdir!r}: no checkpoint in {directory}")
     saved = source.restore_as_saved(step)
-  theirs = saved.get("params", {}).get("encoder") if isinstance(saved, dict) else None
-  signature = lambda tree: [(jax.tree_util.keystr(path, simple=True, separator="/"), np.shape(x))
-                            for path, x in jax.tree_util.tree_leaves_with_path(tree)]
-  if theirs is None or signature(theirs) != signature(encoder_params):
-    raise UserError(f"train.init_from={source_workdir!r}: its encoder does not match this config "
-                    f"(dataset, dim or model changed?)")
+  theirs = saved.get("params", {}).get("encoder", {}) if isinstance(saved, dict) else {}
+  leaves = jax.tree.leaves(theirs)
+  if len(leaves) != 1 or tuple(np.shape(leaves[0])) != tuple(embedding_shape):
+    raise UserError(f"train.init_from={source_workdir!r}: its encoder {[np.shape(x) for x in leaves]} does not "
+                    f"match this config's {tuple(embedding_shape)} (dataset, split or dim changed?)")
   _log(f"encoder initialised from {directory} step {step}")
-  leaves = [jnp.asarray(x, ours.dtype) for x, ours in
-            zip(jax.tree.leaves(theirs), jax.tree.leaves(encoder_params))]
-  return jax.tree.unflatten(jax.tree.structure(encoder_params), leaves)
+  return np.asarray(leaves[0], np.float32)
+
+
+def create_model(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
+                 problem: Problem) -> model_lib.HQGNN:
+  """The model of `config.seed`; with `train.init_from`, E0 from that run (then the quantizer's ranges are
+  set from the trained embeddings). The sampler still draws epoch e from (seed, e): with the source run's
+  seed the first epochs replay its BPR triples (results/foundation.md); give a warm start another seed."""
+  model = model_lib.HQGNN(model_config, rngs=nnx.Rngs(params=config.seed))
+  if config.train.init_from:
+    model.encoder.embedding[...] = jnp.asarray(read_encoder(config.train.init_from,
+                                                            model.encoder.embedding[...].shape))
+  model.init_quantizer(problem.graph, problem.adjacency)
+  return model
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -155,82 +175,79 @@ def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: in
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """Adam on the encoder; Adam with `quant.range_learning_rate` on the quantizer's range / scale."""
+  """Adam on the encoder's parameters; Adam with `quant.range_learning_rate` on the `QuantParam`s (by type)."""
   def labels(params):
-    return {name: jax.tree.map(lambda _: name, sub) for name, sub in params.items()}
+    return jax.tree.map(lambda v: "quant" if isinstance(v, quant_module.QuantParam) else "encoder", params,
+                        is_leaf=lambda v: isinstance(v, nnx.Variable))
   return optax.multi_transform({"encoder": optax.adam(encoder_learning_rate(config, steps_per_epoch)),
                                 "quant": optax.adam(config.quant.range_learning_rate)}, labels)
 
 
-def final_embeddings(graphdef, params, graph, adjacency, *, aggregation: str, num_layers: int):
-  """(users (U, d), items (I, d)) after K propagation layers, averaged with layer 0."""
-  model = nnx.merge(graphdef, params)
-  aggregate = graph_lib.make_aggregate(graph, adjacency, aggregation)
-  nodes = graph_lib.lightgcn_propagate(aggregate, model.embedding[...], num_layers)
-  return model.split_nodes(nodes)
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: int, decay: float,
+                    distill_weight: float):
+  """The jitted `train_step(params, opt_state, deltas, batch, graph, adjacency) -> (params, opt_state, metrics)`.
 
-
-def quantized_embeddings(graphdefs, params, deltas, graph, adjacency, *, aggregation: str, num_layers: int):
-  """The representations BPR scores: final embeddings, through the quantizer (x^) when there is one."""
-  users, items = final_embeddings(graphdefs["encoder"], params["encoder"], graph, adjacency,
-                                  aggregation=aggregation, num_layers=num_layers)
-  if "quant" in params:
-    quant = nnx.merge(graphdefs["quant"], params["quant"])
-    users, items = quant(users, items, deltas["users"], deltas["items"])
-  return users, items
-
-
-def representations(graphdefs, params, graph, adjacency, *, aggregation: str, num_layers: int):
-  """What evaluation ranks with and export stores: float embeddings, or the integer codes (QuantizedMatrix)."""
-  users, items = final_embeddings(graphdefs["encoder"], params["encoder"], graph, adjacency,
-                                  aggregation=aggregation, num_layers=num_layers)
-  if "quant" in params:
-    return nnx.merge(graphdefs["quant"], params["quant"]).quantized(users, items)
-  return users, items
-
-
-def bpr_of_representations(xhats, batch) -> jax.Array:
-  """BPR loss of a batch as a function of the quantized matrices {'users', 'items'}: the curvature target."""
-  users, items = xhats["users"], xhats["items"]
-  triples, weights = batch
-  return lightgcn.bpr_loss(users[triples[:, 0]], items[triples[:, 1]], items[triples[:, 2]], weights)
-
-
-def make_train_step(graphdefs, tx: optax.GradientTransformation, *, aggregation: str, num_layers: int,
-                    num_users: int, decay: float):
-  """The jitted `train_step(params, opt_state, deltas, batch, weights, graph, adjacency)
-  -> (params, opt_state, metrics)`; `deltas` are the GSTE's (ignored without a GSTE quantizer)."""
-
-  def loss_fn(params, deltas, batch, weights, graph, adjacency):
-    users, items = quantized_embeddings(graphdefs, params, deltas, graph, adjacency, aggregation=aggregation,
-                                        num_layers=num_layers)
-    bpr = bpr_of_representations({"users": users, "items": items}, (batch, weights))
-    u, p, n = batch[:, 0], batch[:, 1], batch[:, 2]
-    e0 = nnx.merge(graphdefs["encoder"], params["encoder"]).embedding[...]
-    reg = lightgcn.l2_regularizer(e0[u], e0[num_users + p], e0[num_users + n], weights)
-    return bpr + decay * reg, {"bpr": bpr, "reg": reg}
+  Loss = BPR of the representations + decay * L2 of the batch's E0 rows (+ distill_weight * distillation).
+  `deltas` are the GSTE's (ignored by other estimators). `batch` as in `epoch_batches`, one step's slice.
+  """
+  def loss_fn(params, deltas, batch, graph, adjacency):
+    model = nnx.merge(graphdef, params)
+    users, items = model(graph, adjacency, deltas)
+    xhats = {"users": users, "items": items}
+    bpr = model_lib.bpr_of_representations(xhats, batch, model.config.weights)
+    t = batch["triples"]
+    e0 = model.encoder.embedding[...]
+    reg = lightgcn.l2_regularizer(e0[t[:, 0]], e0[num_users + t[:, 1]], e0[num_users + t[:, 2]], batch["weights"])
+    loss = bpr + decay * reg
+    aux = {"bpr": bpr, "reg": reg}
+    if distill_weight:
+      aux["distill"] = model_lib.distillation_loss(xhats, batch, model.config.weights)
+      loss = loss + distill_weight * aux["distill"]
+    return loss, aux
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, deltas, batch, weights, graph, adjacency):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, deltas, batch, weights, graph,
-                                                                   adjacency)
+  def train_step(params, opt_state, deltas, batch, graph, adjacency):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, deltas, batch, graph, adjacency)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params)}
+    metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
     return params, opt_state, metrics
 
   return train_step
 
 
-def epoch_batches(data: InteractionData, seed: int, epoch: int, batch_size: int):
-  """The epoch's BPR triples as (steps, batch, 3) int32 plus (steps, batch) weights (0 = padding)."""
-  triples = sampling.sample_bpr_epoch(data.train, data.num_items, sampling.epoch_rng(seed, epoch))
+def teacher_top_items(model: model_lib.HQGNN, problem: Problem, top_r: int, batch_size: int) -> np.ndarray:
+  """(U, R) int32: each user's top-R non-training items by the full-precision final embeddings of `model`'s
+  encoder (the distillation teacher), best first; users with fewer than R such items repeat their first."""
+  fp = dataclasses.replace(model.config, quant=None, codes="final")
+  teacher = model_lib.HQGNN(fp, rngs=nnx.Rngs(params=0))
+  teacher.encoder.embedding[...] = model.encoder.embedding[...]
+  users, items = jax.jit(lambda g, a: teacher(g, a))(problem.graph, problem.adjacency)
+  top = evaluation.topk_items(np.asarray(users), np.asarray(items), problem.data,
+                              np.arange(problem.data.num_users), top_r, batch_size=batch_size)
+  return np.where(top >= 0, top, top[:, :1]).astype(np.int32)
+
+
+def epoch_batches(data: InteractionData, seed: int, epoch: int, batch_size: int, teacher: np.ndarray | None = None,
+                  distill: ml_collections.ConfigDict | None = None) -> dict:
+  """One epoch's batches, a function of (seed, epoch) only (so a resumed run redraws them exactly):
+
+    'triples' (steps, batch, 3) int32 BPR (user, positive, negative); 'weights' (steps, batch) float32,
+    0 = padding; with a teacher, 'teacher_items' (steps, batch, m) int32: m = distill.samples items per row
+    drawn from the user's teacher top-R with P(r) proportional to exp(-distill.decay * (r + 1)).
+  """
+  rng = sampling.epoch_rng(seed, epoch)
+  triples = sampling.sample_bpr_epoch(data.train, data.num_items, rng)
   steps = -(-len(triples) // batch_size)
   pad = steps * batch_size - len(triples)
   weights = np.concatenate([np.ones(len(triples), np.float32), np.zeros(pad, np.float32)])
   triples = np.concatenate([triples, np.zeros((pad, 3), np.int32)])
-  return triples.reshape(steps, batch_size, 3), weights.reshape(steps, batch_size)
+  out = {"triples": triples.reshape(steps, batch_size, 3), "weights": weights.reshape(steps, batch_size)}
+  if teacher is not None:
+    p = np.exp(-distill.decay * (np.arange(teacher.shape[1]) + 1.0))
+    ranks = rng.choice(teacher.shape[1], size=(len(triples), distill.samples), p=p / p.sum())
+    out["teacher_items"] = teacher[triples[:, :1], ranks].reshape(steps, batch_size, distill.samples)
+  return out
 
 
 def _checkpoint_state(params, opt_state, deltas, epoch: int) -> dict:
@@ -239,6 +256,14 @@ def _checkpoint_state(params, opt_state, deltas, epoch: int) -> dict:
 
 def _mean_of(tree) -> dict:
   return {name: float(jnp.mean(v)) for name, v in tree.items()}
+
+
+def gradient_change(x: jax.Array, xhat: jax.Array, delta: jax.Array) -> dict:
+  """Statistics of delta * |x - x^|, the relative change the GSTE makes to each gradient entry."""
+  change = (jnp.asarray(delta) * jnp.abs(x - xhat)).reshape(-1)
+  q = jnp.quantile(change, jnp.asarray([0.5, 0.99]))
+  return {"mean": float(jnp.mean(change)), "median": float(q[0]), "p99": float(q[1]),
+          "max": float(jnp.max(change)), "frac_above_1pct": float(jnp.mean(change > 0.01))}
 
 
 def export_arrays(users, items) -> dict:
@@ -255,7 +280,7 @@ def export_arrays(users, items) -> dict:
 
 def representation_bytes(users, items) -> int:
   """Bytes of the stored user + item representation: bit-packed codes + float32 scalars, or float32."""
-  if isinstance(users, QuantizedMatrix):
+  if hasattr(users, "nbytes_packed"):  # QuantizedMatrix or LayeredQuantized
     return users.nbytes_packed() + items.nbytes_packed()
   return 4 * (int(np.size(users)) + int(np.size(items)))
 
@@ -279,24 +304,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   """
   t_start = time.time()
   data = load_training_data(config)
-  validate_config(config, data)
+  model_config = validate_config(config, data)
   run = RunDir(workdir, config, epochs_key="train.epochs", ignore=RESULT_NEUTRAL_KEYS, extend=extend)
-  qconfig, dconfig = quantizer_config(config), delta_config(config)
+  dconfig = delta_config(config)
   problem = create_problem(config, data)
-  static = dict(aggregation=config.model.aggregation, num_layers=config.model.num_layers)
+  graph_args = (problem.graph, problem.adjacency)
 
   # ------------------------------------------------------------------------------------------------------
-  # Model (encoder + optional quantizer of its final embeddings) and optimizer.
+  # Model, optimizer, steps.
   # ------------------------------------------------------------------------------------------------------
-  encoder = create_model(config, data, config.seed)
-  graphdefs, params = {}, {}
-  graphdefs["encoder"], params["encoder"] = nnx.split(encoder)
-  if config.train.init_from and run.latest_step() is None:
-    params["encoder"] = warm_start_encoder(params["encoder"], config.train.init_from)
+  model = create_model(config, model_config, problem)
+  qconfig = model_config.quant
+  teacher = (teacher_top_items(model, problem, config.distill.top_r, config.eval.batch_size)
+             if config.distill.weight > 0 else None)
+  graphdef, params = nnx.split(model)
+  xhat_fn = jax.jit(lambda params, deltas, g, a: nnx.merge(graphdef, params)(g, a, deltas))
   if qconfig is not None:
-    users0, items0 = jax.jit(functools.partial(final_embeddings, graphdefs["encoder"], **static))(
-        params["encoder"], problem.graph, problem.adjacency)
-    graphdefs["quant"], params["quant"] = nnx.split(quant_module.EmbeddingQuantizer(qconfig, users0, items0))
+    users0, items0 = model.embeddings(*graph_args)
     deltas = curvature.initial_deltas(dconfig, {"users": users0, "items": items0})
   else:
     deltas = {"users": jnp.zeros(()), "items": jnp.zeros(())}
@@ -304,9 +328,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   steps_per_epoch = -(-data.train.nnz // config.train.batch_size)
   tx = create_optimizer(config, steps_per_epoch)
   opt_state = tx.init(params)
-  train_step = make_train_step(graphdefs, tx, num_users=data.num_users, decay=config.train.decay, **static)
-  xhat_fn = jax.jit(functools.partial(quantized_embeddings, graphdefs, **static))
-  represent_fn = jax.jit(functools.partial(representations, graphdefs, **static))
+  train_step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay,
+                               distill_weight=float(config.distill.weight))
+  float_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).embeddings(g, a))
+  represent_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).quantize(g, a))
+  curvature_loss = functools.partial(model_lib.bpr_of_representations, weights=model_config.weights)
 
   # ------------------------------------------------------------------------------------------------------
   # Checkpoint: resume from the newest one that restores.
@@ -326,27 +352,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   train_time = curvature_time = 0.0
   for epoch in range(start_epoch, epochs):
     t0 = time.time()
-    batches, weights = epoch_batches(data, config.seed, epoch, config.train.batch_size)
+    batches = epoch_batches(data, config.seed, epoch, config.train.batch_size, teacher, config.distill)
+    step_batch = lambda i: {k: v[i] for k, v in batches.items()}
     if uses_curvature and curvature.deltas_due(dconfig, epoch):
       t_delta = time.time()
-      xhats = xhat_fn(params, deltas, problem.graph, problem.adjacency)
+      users_hat, items_hat = xhat_fn(params, deltas, *graph_args)
+      xhats = {"users": users_hat, "items": items_hat}
       estimate = curvature.update_deltas(
-          dconfig, bpr_of_representations, {"users": xhats[0], "items": xhats[1]},
-          [(batches[i], weights[i]) for i in range(min(dconfig.num_batches, len(batches)))],
+          dconfig, curvature_loss, xhats,
+          [step_batch(i) for i in range(min(dconfig.num_batches, steps_per_epoch))],
           jax.random.fold_in(jax.random.key(config.seed), epoch))
       deltas = jax.block_until_ready(estimate.deltas)
       delta_seconds = time.time() - t_delta
       curvature_time += delta_seconds
+      xs = dict(zip(("users", "items"), float_fn(params, *graph_args)))
       run.metrics.append({"step": epoch, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
                           "seconds": delta_seconds,
                           "curvature_per_element": _mean_of(estimate.curvature),
                           "curvature_stderr": _mean_of(estimate.stderr),
                           "hutchinson_samples": _mean_of(estimate.num_samples),
-                          "grad_std": _mean_of(estimate.grad_std)})
+                          "grad_std": _mean_of(estimate.grad_std),
+                          "gradient_change": {k: gradient_change(xs[k], xhats[k], deltas[k]) for k in xs}})
     losses = []
-    for i in progress(range(batches.shape[0]), batches.shape[0], f"epoch {epoch + 1}/{epochs}"):
-      params, opt_state, metrics = train_step(params, opt_state, deltas, batches[i], weights[i], problem.graph,
-                                              problem.adjacency)
+    for i in progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch + 1}/{epochs}"):
+      params, opt_state, metrics = train_step(params, opt_state, deltas, step_batch(i), *graph_args)
       losses.append(metrics["loss"])
     losses = np.asarray(jnp.stack(losses))
     run.check_finite(losses, epoch=epoch, first_step=epoch * steps_per_epoch)
@@ -355,11 +384,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
     done = epoch + 1
     if done % config.train.log_every == 0 or done == epochs:
       extra = f"  delta {_mean_of(deltas)}" if uses_curvature else ""
+      extra += f"  distill {float(metrics['distill']):.5f}" if "distill" in metrics else ""
       _log(f"epoch {done}/{epochs}  loss {losses.mean():.5f}  bpr {float(metrics['bpr']):.5f}  "
            f"grad_norm {float(metrics['grad_norm']):.4f}  {dt:.2f} s/epoch{extra}")
     record = None
     if config.eval.every and (done % config.eval.every == 0) and done != epochs:
-      users, items = represent_fn(params, problem.graph, problem.adjacency)
+      users, items = represent_fn(params, *graph_args)
       record = {"step": done, "epoch": done, "loss": float(losses.mean()),
                 **evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks),
                                       batch_size=config.eval.batch_size)}
@@ -379,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   # ------------------------------------------------------------------------------------------------------
   # Final evaluation and export: the metrics are computed from exactly what export.npz stores.
   # ------------------------------------------------------------------------------------------------------
-  users, items = jax.device_get(represent_fn(params, problem.graph, problem.adjacency))
+  users, items = jax.device_get(represent_fn(params, *graph_args))
   final = evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks), batch_size=config.eval.batch_size)
   run.write_export(export_arrays(users, items))
   run.metrics.set_final({"step": epochs, "epoch": epochs, **final})
@@ -387,9 +417,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   results = {
       "config": config.to_dict(),
       "dataset": data.summary,
-      "model": "lightgcn" if qconfig is None else f"hqgnn-{qconfig.bits}bit-{qconfig.estimator}",
+      "model": model_name(model_config),
       "metrics": final,
       "representation_bytes": stored,
+      "bits_per_node": 8 * stored / (data.num_users + data.num_items),
       "compression_ratio": 4 * (data.num_users + data.num_items) * config.model.dim / stored,
       "epochs": epochs,
       "resumed_from_epoch": start_epoch,
@@ -404,6 +435,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   if qconfig is not None:
     results["final_delta"] = _mean_of(deltas)
   return run.write_results(results)
+
+
+def model_name(c: model_lib.ModelConfig) -> str:
+  """'lightgcn', or e.g. 'hqgnn-1bit-gste', 'hqgnn-1bit-ste-row8-layerwise-bigear'."""
+  if c.quant is None:
+    return "lightgcn"
+  q = c.quant
+  name = f"hqgnn-{q.bits}bit-{q.estimator}"
+  if q.bits == 1 and q.one_bit_scale == "row":
+    name += f"-row{q.scale_bits}"
+  if c.codes == "layerwise":
+    name += f"-layerwise-{c.layer_weights}"
+  return name
 
 
 def results_table(runs: list[dict]) -> str:

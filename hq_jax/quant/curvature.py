@@ -253,6 +253,7 @@ class DeltaConfig:
 
   mode: DeltaMode = "trace"  # 'trace' (spec), 'diagonal' (element-wise, ours) or 'fixed'
   fixed_delta: float = 1e-3  # the delta of mode 'fixed', for every matrix
+  multiplier: float = 1.0  # Hessian modes: delta = multiplier * the rule's delta (for sweeps, ours)
   every_epochs: int = 10  # T: recompute delta at epochs T, 2T, ... (Hessian modes); it starts at 0
   num_batches: int = 3  # batches averaged per recomputation
   max_samples: int = 50  # Hutchinson: at most this many Rademacher vectors
@@ -262,6 +263,8 @@ class DeltaConfig:
   def __post_init__(self):
     if self.mode not in ("trace", "diagonal", "fixed"):
       raise ValueError(f"unknown delta mode {self.mode!r}")
+    if not self.multiplier >= 0:
+      raise ValueError(f"multiplier must be >= 0, got {self.multiplier}")
     if self.every_epochs < 1:
       raise ValueError(f"every_epochs must be >= 1, got {self.every_epochs}")
 
@@ -285,5 +288,8 @@ def update_deltas(config: DeltaConfig, loss_fn: Callable[[Any, Any], jax.Array],
   """`estimate_deltas` with the config's settings (modes 'trace' and 'diagonal' only)."""
   if config.mode == "fixed":
     raise ValueError("delta mode 'fixed' has nothing to estimate")
-  return estimate_deltas(loss_fn, xhats, batches, key, num_batches=config.num_batches, mode=config.mode,
-                         max_samples=config.max_samples, rtol=config.rtol, min_samples=config.min_samples)
+  estimate = estimate_deltas(loss_fn, xhats, batches, key, num_batches=config.num_batches, mode=config.mode,
+                             max_samples=config.max_samples, rtol=config.rtol, min_samples=config.min_samples)
+  if config.multiplier == 1.0:
+    return estimate
+  return estimate._replace(deltas=jax.tree.map(lambda d: config.multiplier * d, estimate.deltas))

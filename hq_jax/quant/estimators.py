@@ -5,6 +5,10 @@ The forward pass of every estimator is exactly the quantizer's x^ (`fake_quant_s
 
 * STE:  dL/dx = g on the support, 0 outside it.
 * GSTE: dL/dx = g * (1 + delta * sign(g) * (x - x^)) on the same support, 0 outside it (`gste_grad`).
+* Gaussian (BiGeaR's, b = 1 only; Chen et al., KDD 2022, "Learning Binarized Graph Representations with
+  Multi-faceted Quantization Reinforcement for Top-K Recommendation", arXiv 2206.02115): the derivative of
+  sign is the Dirac delta, approximated by a Gaussian, dL/dx = g * clamp(a / sqrt(pi) * exp(-(a x)^2),
+  1e-8, 1) (`gaussian_sign_grad`; a = BiGeaR's `norm_a`, default 1).
   delta >= 0 is an array (a scalar, one per matrix, or x's shape for the element-wise variant) passed as
   a normal argument so that it can change between steps without recompiling; it is not learned, its
   cotangent is zero. With delta = 0 the GSTE gradient is g * 1 = g, bit for bit the STE.
@@ -39,8 +43,8 @@ import jax.numpy as jnp
 
 from hq_jax.quant import quantizer
 
-Estimator = Literal["ste", "gste"]
-ESTIMATORS = ("ste", "gste")
+Estimator = Literal["ste", "gste", "gaussian"]
+ESTIMATORS = ("ste", "gste", "gaussian")
 QParams = dict[str, jax.Array]  # {'scale'} for bits == 1, {'lower', 'upper'} for bits >= 2
 
 
@@ -56,6 +60,14 @@ def gste_grad(g: jax.Array, x: jax.Array, xhat: jax.Array, delta: jax.Array) -> 
   approximated by delta * |g|. With delta = 0 this returns g unchanged (g * 1.0 is exact).
   """
   return g * (1.0 + delta * jnp.sign(g) * (x - xhat))
+
+
+def gaussian_sign_grad(g: jax.Array, x: jax.Array, a: float) -> jax.Array:
+  """BiGeaR's gradient of sign(x): g * clamp(a / sqrt(pi) * exp(-(a x)^2), 1e-8, 1), a Gaussian stand-in for
+  the Dirac delta (its integral over x is 1 before the clamp, as sign's jump of 2 is split over both sides).
+  """
+  density = a / jnp.sqrt(jnp.pi) * jnp.exp(-jnp.square(a * x))
+  return g * jnp.clip(density, 1e-8, 1.0).astype(g.dtype)
 
 
 def _sum_to_shape(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -145,6 +157,27 @@ def _gste_sign_bwd(clip, residuals, g):
 gste_sign.defvjp(_gste_sign_fwd, _gste_sign_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def gaussian_sign(x: jax.Array, scale: jax.Array, a: float = 1.0) -> jax.Array:
+  """x^ = scale * sign(x) with BiGeaR's Gaussian derivative of sign for x; dL/ds = sum(g * sign(x))."""
+  return quantizer.fake_quant_sign(x, scale)
+
+
+def _gaussian_sign_fwd(x, scale, a):
+  """Forward pass; keeps x and the scale."""
+  xhat = quantizer.fake_quant_sign(x, scale)
+  return xhat, _SignResiduals(x=x, scale=scale, xhat=xhat)
+
+
+def _gaussian_sign_bwd(a, res: _SignResiduals, g):
+  """dL/dx by `gaussian_sign_grad`; the scale's gradient as the STE's (x^ is linear in s)."""
+  grad_scale = _sum_to_shape(g * quantizer.sign_codes(res.x), jnp.shape(res.scale))
+  return gaussian_sign_grad(g, res.x, a), grad_scale.astype(res.scale.dtype)
+
+
+gaussian_sign.defvjp(_gaussian_sign_fwd, _gaussian_sign_bwd)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # b >= 2: uniform on [lower, upper]
 # ----------------------------------------------------------------------------------------------------------
@@ -227,7 +260,7 @@ def init_qparams(x: jax.Array, bits: int, *, one_bit_scale: quantizer.ScaleMode 
 
 
 def fake_quant(x: jax.Array, qparams: QParams, delta: jax.Array | None = None, *, bits: int,
-               estimator: Estimator = "ste", clip: float | None = None) -> jax.Array:
+               estimator: Estimator = "ste", clip: float | None = None, gaussian_a: float = 1.0) -> jax.Array:
   """Quantize-dequantize x (forward = the quantizer's x^ exactly) with the chosen gradient rule.
 
   Args:
@@ -235,8 +268,9 @@ def fake_quant(x: jax.Array, qparams: QParams, delta: jax.Array | None = None, *
     qparams: {'scale'} (bits == 1; () or (n, 1)) or {'lower', 'upper'} (bits >= 2; scalars).
     delta: the GSTE's delta, a scalar or x's shape; None means 0. Ignored by the STE.
     bits: 1, 2, 3, 4 or 8 (static).
-    estimator: 'ste' or 'gste' (static).
+    estimator: 'ste', 'gste' or 'gaussian' (BiGeaR's, bits == 1 only) (static).
     clip: bits == 1 only: zero dL/dx where |x| > clip (None: never).
+    gaussian_a: the Gaussian estimator's a (BiGeaR's norm_a).
 
   Returns:
     x^, same shape and dtype as x.
@@ -246,6 +280,10 @@ def fake_quant(x: jax.Array, qparams: QParams, delta: jax.Array | None = None, *
     raise ValueError(f"unknown estimator {estimator!r} (expected one of {ESTIMATORS})")
   if clip is not None and bits != 1:
     raise ValueError("clip applies to bits == 1 only (bits >= 2 clip at the learned range)")
+  if estimator == "gaussian":
+    if bits != 1 or clip is not None:
+      raise ValueError("the gaussian estimator (BiGeaR's) applies to bits == 1 without clip only")
+    return gaussian_sign(x, qparams["scale"], gaussian_a)
   if estimator == "gste":
     delta = jnp.zeros((), x.dtype) if delta is None else jnp.asarray(delta, x.dtype)
   if bits == 1:

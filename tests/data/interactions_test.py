@@ -145,3 +145,21 @@ def test_gowalla_summary():
   assert (data.num_users, data.num_items) == (29858, 40981)
   assert (data.train.nnz, data.test.nnz) == (810128, 217242)
   assert data.summary["train_duplicates_dropped"] == 0 and data.summary["test_duplicates_dropped"] == 0
+
+
+def test_validation_split_holds_out_a_seeded_tenth_of_each_users_training_items():
+  from hq_jax.data.interactions import load_dataset, validation_split  # noqa: PLC0415
+  data = load_dataset("lastfm")
+  valid = validation_split(data, 0.1, seed=0)
+  n = data.train.row_lengths()
+  held = valid.test.row_lengths()
+  np.testing.assert_array_equal(held, np.where(n >= 2, np.maximum(1, np.round(0.1 * n)), 0))
+  np.testing.assert_array_equal(valid.train.row_lengths() + held, n)
+  for u in (0, 7, 1000):  # a partition of the user's training items
+    np.testing.assert_array_equal(np.sort(np.concatenate([valid.train.row(u), valid.test.row(u)])), data.train.row(u))
+  again = validation_split(data, 0.1, seed=0)
+  np.testing.assert_array_equal(again.test.indices, valid.test.indices)
+  assert not np.array_equal(validation_split(data, 0.1, seed=1).test.indices, valid.test.indices)
+  assert valid.name == "lastfm-valid" and valid.summary["test_interactions"] == valid.test.nnz
+  with pytest.raises(ValueError, match="fraction"):
+    validation_split(data, 1.0)

@@ -250,3 +250,20 @@ def test_bad_arguments():
     estimators.fake_quant(x, {"scale": 1.0}, bits=1, estimator="ewgs")
   with pytest.raises(ValueError):
     estimators.fake_quant(x, {"lower": 0.0, "upper": 1.0}, bits=6)
+
+
+def test_gaussian_sign_is_bigears_derivative():
+  # BiGeaR (arXiv 2206.02115, code src/model.py Normal_Ddelta): g * clamp(a/sqrt(pi) exp(-(a x)^2), 1e-8, 1).
+  x = jnp.asarray([-3.0, -0.5, -1e-3, 0.0, 0.2, 2.0, 10.0])
+  scale = jnp.asarray(0.7)
+  g = jnp.asarray([1.0, -2.0, 0.5, 1.0, 3.0, -1.0, 1.0])
+  for a in (1.0, 4.0):
+    out, vjp = jax.vjp(lambda x, s: estimators.fake_quant(x, {"scale": s}, bits=1, estimator="gaussian",
+                                                          gaussian_a=a), x, scale)
+    np.testing.assert_allclose(out, 0.7 * np.where(np.asarray(x) >= 0, 1, -1))
+    gx, gs = vjp(g)
+    density = np.clip(a / np.sqrt(np.pi) * np.exp(-(a * np.asarray(x, np.float64)) ** 2), 1e-8, 1.0)
+    np.testing.assert_allclose(gx, np.asarray(g) * density, rtol=1e-6)
+    np.testing.assert_allclose(gs, np.sum(np.asarray(g) * np.where(np.asarray(x) >= 0, 1, -1)), rtol=1e-6)
+  with pytest.raises(ValueError, match="gaussian"):
+    estimators.fake_quant(x, {"lower": -1.0, "upper": 1.0}, bits=2, estimator="gaussian")

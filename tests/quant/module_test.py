@@ -49,7 +49,7 @@ def test_call_and_quantized_agree_with_the_functions(bits):
   for x, xhat, sub in ((users, users_xhat, model.users), (items, items_xhat, model.items)):
     ref = jax.jit(lambda x, q: estimators.fake_quant(x, q, 0.5, bits=bits, estimator="gste"))(x, sub.qparams())
     np.testing.assert_array_equal(np.asarray(xhat), np.asarray(ref))
-  qu, qi = model.quantized(users, items)
+  (qu,), (qi,) = model.users.quantized(users), model.items.quantized(items)
   assert isinstance(qu, quantizer.QuantizedMatrix) and qu.bits == bits and qi.shape == (15, 8)
   # Eager export vs jitted forward: the step (u - l) / L may be rounded differently (see estimators_test).
   atol = 4 * float(np.finfo(np.float32).eps) * float(jnp.abs(items_xhat).max())
@@ -121,3 +121,27 @@ def test_config_validation():
     module.QuantizerConfig(bits=2, one_bit_clip=1.0)
   with pytest.raises(TypeError):
     module.QuantizerConfig(1)  # keyword-only
+
+
+@pytest.mark.parametrize("bits,scale", [(1, "matrix"), (1, "row"), (3, "matrix")])
+def test_layer_stack_gets_one_set_of_parameters_per_layer(bits, scale):
+  rng = np.random.default_rng(3)
+  stack = jnp.asarray(rng.normal(size=(3, 20, 4)) * np.array([0.1, 1.0, 5.0])[:, None, None], jnp.float32)
+  config = module.QuantizerConfig(bits=bits, one_bit_scale=scale)
+  stacked = module.MatrixQuantizer(config, stack)
+  for k in range(3):
+    single = module.MatrixQuantizer(config, stack[k])
+    for name, value in single.qparams().items():
+      np.testing.assert_allclose(np.asarray(stacked.qparams()[name][k]).reshape(np.shape(value)), value, rtol=1e-6)
+    np.testing.assert_allclose(stacked(stack)[k], single(stack[k]), rtol=1e-6)
+    np.testing.assert_allclose(stacked.quantized(stack)[k].dequantize(), single.quantized(stack[k])[0].dequantize(),
+                               rtol=1e-6)
+
+
+def test_eight_bit_row_scales_only_for_one_bit_row_scales():
+  with pytest.raises(ValueError, match="scale_bits = 8"):
+    module.QuantizerConfig(bits=2, scale_bits=8)
+  config = module.QuantizerConfig(bits=1, one_bit_scale="row", scale_bits=8)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(30, 8)), jnp.float32)
+  (qm,) = module.MatrixQuantizer(config, x).quantized(x)
+  assert qm.scale_bits == 8 and qm.nbytes_packed() == 30 * 1 + 30 + 8 + 4

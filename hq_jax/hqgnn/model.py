@@ -1,0 +1,154 @@
+"""The HQ-GNN model: a LightGCN encoder and the quantizer of its representations, one thin NNX module.
+
+What is quantized (`ModelConfig.codes`):
+
+* "final" (the HQ-GNN spec): the final embeddings E = mean_k E(k), k = 0..K, one (n, d) matrix per side;
+  score(u, i) = <x^_u, x^_i>.
+* "layerwise" (BiGeaR's layout, ours in JAX): every propagation layer E(k) with its own scale / range, a
+  (K + 1, n, d) stack per side; score(u, i) = sum_k w_k <x^_uk, x^_ik> with w_k LightGCN's mean 1 / (K + 1)
+  or BiGeaR's ((k + 1) / (K + 1))^2 (`hq_jax.quant.quantizer.layer_weights`).
+
+Rows enter every loss through `flat_rows`, which multiplies layer k by sqrt(w_k) and concatenates the layers,
+so a plain inner product of flat rows is the score above and BPR / distillation are written once.
+
+Shapes: users (U, d) / items (I, d) for "final", (K + 1, U, d) / (K + 1, I, d) for "layerwise"; float32.
+"""
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hq_jax.hqgnn import graph as graph_lib
+from hq_jax.hqgnn import lightgcn
+from hq_jax.quant import module as quant_module
+from hq_jax.quant import quantizer
+
+Codes = Literal["final", "layerwise"]
+CODES = ("final", "layerwise")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """LightGCN (spec, "Encoder") and what of it is quantized."""
+
+  num_users: int
+  num_items: int
+  dim: int = 64  # d
+  num_layers: int = 3  # K propagation layers
+  init_std: float = 0.1  # E0 ~ N(0, init_std^2)
+  aggregation: graph_lib.Aggregation = "csr"  # 'csr' (fast sparse kernel) or 'segment' (jraph)
+  quant: quant_module.QuantizerConfig | None = None  # None: full precision
+  codes: Codes = "final"  # 'final' (spec) or 'layerwise' (BiGeaR's layout)
+  layer_weights: quantizer.WeightScheme = "mean"  # 'layerwise' scoring: 'mean' or 'bigear'
+
+  def __post_init__(self):
+    if self.codes not in CODES:
+      raise ValueError(f"unknown codes {self.codes!r} (expected one of {CODES})")
+    if self.codes == "layerwise" and self.quant is None:
+      raise ValueError("layerwise codes need a quantizer (bits)")
+    quantizer.layer_weights(self.num_layers + 1, self.layer_weights)
+
+  @property
+  def weights(self) -> tuple[float, ...] | None:
+    """The per-layer score weights of layerwise codes, else None."""
+    if self.codes != "layerwise":
+      return None
+    return quantizer.layer_weights(self.num_layers + 1, self.layer_weights)
+
+
+def flat_rows(rows: jax.Array, weights: tuple[float, ...] | None) -> jax.Array:
+  """Rows (B, d), or per-layer rows (L, B, d) -> (B, L d) = [sqrt(w_0) r_0 | ... ] (inner product = score)."""
+  if weights is None:
+    return rows
+  scaled = rows * jnp.sqrt(jnp.asarray(weights, rows.dtype))[:, None, None]
+  return jnp.moveaxis(scaled, 0, 1).reshape(rows.shape[1], -1)
+
+
+def take_rows(x: jax.Array, ids: jax.Array, weights: tuple[float, ...] | None) -> jax.Array:
+  """`flat_rows` of the rows `ids` (any shape S) of x: (S..., d) or (S..., L d)."""
+  if weights is None:
+    return x[ids]
+  flat = flat_rows(x[:, ids.reshape(-1)], weights)
+  return flat.reshape(ids.shape + flat.shape[-1:])
+
+
+class HQGNN(nnx.Module):
+  """Holds E0 (`encoder`, a `LightGCN`) and, when quantized, the `quantizer` (an `EmbeddingQuantizer`).
+
+  The graph arrays are data, not state: every call takes `graph` (a `jraph.GraphsTuple`) and `adjacency` (its
+  `CSRAdjacency`, or None for the segment aggregation).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.encoder = lightgcn.LightGCN(config.num_users, config.num_items, config.dim, init_std=config.init_std,
+                                     rngs=rngs)
+    self.quantizer = nnx.data(None)  # set by `init_quantizer`
+
+  def init_quantizer(self, graph, adjacency) -> None:
+    """Builds the quantizer, its ranges / scales set from the current (initial or warm-started) embeddings."""
+    if self.config.quant is not None:
+      users, items = self.embeddings(graph, adjacency)
+      self.quantizer = quant_module.EmbeddingQuantizer(self.config.quant, users, items)
+
+  def embeddings(self, graph, adjacency) -> tuple[jax.Array, jax.Array]:
+    """The float representations that are quantized: final embeddings, or the per-layer stacks."""
+    c = self.config
+    aggregate = graph_lib.make_aggregate(graph, adjacency, c.aggregation)
+    e0 = self.encoder.embedding[...]
+    if c.codes == "final":
+      return self.encoder.split_nodes(graph_lib.lightgcn_propagate(aggregate, e0, c.num_layers))
+    layers = [e0]
+    for _ in range(c.num_layers):
+      layers.append(aggregate(layers[-1]))
+    stack = jnp.stack(layers)
+    return stack[:, : c.num_users], stack[:, c.num_users :]
+
+  def __call__(self, graph, adjacency, deltas: dict | None = None) -> tuple[jax.Array, jax.Array]:
+    """What BPR scores: x^ (through the quantizer's estimator; `deltas` are the GSTE's) or float embeddings."""
+    users, items = self.embeddings(graph, adjacency)
+    if self.quantizer is None:
+      return users, items
+    deltas = deltas or {}
+    return self.quantizer(users, items, deltas.get("users"), deltas.get("items"))
+
+  def quantize(self, graph, adjacency):
+    """What evaluation ranks and export.npz stores: integer codes (`QuantizedMatrix`, or `LayeredQuantized`
+    for layerwise codes) per side, or the float final embeddings of a full-precision model."""
+    users, items = self.embeddings(graph, adjacency)
+    if self.quantizer is None:
+      return users, items
+    out = []
+    for q, x in ((self.quantizer.users, users), (self.quantizer.items, items)):
+      mats = q.quantized(x)
+      out.append(mats[0] if self.config.codes == "final" else
+                 quantizer.LayeredQuantized(layers=tuple(mats), weights=self.config.weights))
+    return tuple(out)
+
+
+def bpr_of_representations(xhats: dict, batch: dict, weights: tuple[float, ...] | None = None) -> jax.Array:
+  """BPR loss of a batch as a function of the representations {'users', 'items'}: the curvature target.
+
+  batch: {'triples': (B, 3) int32 (user, positive, negative), 'weights': (B,) float32, 0 = padding}.
+  """
+  users, items, t = xhats["users"], xhats["items"], batch["triples"]
+  return lightgcn.bpr_loss(take_rows(users, t[:, 0], weights), take_rows(items, t[:, 1], weights),
+                           take_rows(items, t[:, 2], weights), batch["weights"])
+
+
+def distillation_loss(xhats: dict, batch: dict, weights: tuple[float, ...] | None = None) -> jax.Array:
+  """mean over (user, teacher item) pairs of softplus(-score(u, t)) (ours, after BiGeaR's ranking
+  distillation, arXiv 2206.02115, section 3.3).
+
+  batch: {'triples': (B, 3), 'weights': (B,), 'teacher_items': (B, m) int32}: m items per BPR user, each drawn
+  from the teacher's top-R list with probability proportional to exp(-lambda (r + 1)), so the expectation is
+  BiGeaR's rank-weighted sum up to the constant sum_r exp(-lambda (r + 1)).
+  """
+  u = take_rows(xhats["users"], batch["triples"][:, 0], weights)  # (B, D)
+  t = take_rows(xhats["items"], batch["teacher_items"], weights)  # (B, m, D)
+  per_pair = jax.nn.softplus(-jnp.einsum("bd,bmd->bm", u, t))
+  w = batch["weights"]
+  return jnp.sum(jnp.mean(per_pair, axis=1) * w) / jnp.maximum(jnp.sum(w), 1.0)
