@@ -19,6 +19,9 @@ memory-mapped file) plus the teacher, N x (embed_dim + 1) float32 (245 MB for 6.
 
 Determinism: the result depends only on the arguments (each field, the teacher and the labels draw from
 their own generator spawned from `seed`, so the chunk size does not change the data).
+
+Importing this module registers the dataset spec 'synthetic:KEY=VAL,...' of `hq_jax.ctr.data.load_ctr`
+(`synthetic_from_spec`); this module depends on `hq_jax.ctr.data`, never the reverse.
 """
 
 import dataclasses
@@ -318,3 +321,10 @@ def synthetic_from_spec(spec: str, *, cache_dir: str | None = None, seed: int = 
   num_rows = opts.pop("rows", 100_000)
   opts.setdefault("seed", seed)
   return synthetic_ctr(num_rows=num_rows, cardinalities=cards, cache_dir=cache_dir, **opts)
+
+
+# The 'synthetic:KEY=VAL,...' dataset spec of `hq_jax.ctr.data.load_ctr`: the registry imports this module
+# by name on first use (it never imports it statically: this module imports the data package).
+ctr_data.register_ctr_spec(
+    "synthetic", lambda arg, cache_dir, seed: synthetic_from_spec(arg, cache_dir=cache_dir, seed=seed)[0],
+    argument="optional")
