@@ -48,6 +48,9 @@ class QuantizerConfig:
       raise ValueError("one_bit_clip applies to bits == 1 only")
 
 
+MIN_SCALE = 1e-12  # floor of |s| for the 1-bit scale
+
+
 class QuantParam(nnx.Param):
   """A quantizer parameter (range end or 1-bit scale); its own type so it can get its own learning rate."""
 
@@ -76,8 +79,10 @@ class MatrixQuantizer(nnx.Module):
       self.upper = QuantParam(qparams["upper"])
 
   def qparams(self) -> estimators.QParams:
+    """The parameters as the quantizer uses them; the 1-bit scale as |s| (floored at 1e-12), so that a
+    learned scale that crosses zero stays a valid positive scale (the quantizer's invariant)."""
     if self.config.bits == 1:
-      return {"scale": self.scale[...]}
+      return {"scale": jnp.maximum(jnp.abs(self.scale[...]), MIN_SCALE)}
     return {"lower": self.lower[...], "upper": self.upper[...]}
 
   def __call__(self, x: jax.Array, delta: jax.Array | None = None) -> jax.Array:

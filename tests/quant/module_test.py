@@ -145,3 +145,13 @@ def test_eight_bit_row_scales_only_for_one_bit_row_scales():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(30, 8)), jnp.float32)
   (qm,) = module.MatrixQuantizer(config, x).quantized(x)
   assert qm.scale_bits == 8 and qm.nbytes_packed() == 30 * 1 + 30 + 8 + 4
+
+
+def test_one_bit_scale_that_crosses_zero_stays_positive():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 3)), jnp.float32)
+  q = module.MatrixQuantizer(module.QuantizerConfig(bits=1, one_bit_scale="row"), x)
+  q.scale[...] = jnp.asarray([[0.5], [-0.25], [0.0], [1.0]])
+  np.testing.assert_allclose(q.qparams()["scale"], [[0.5], [0.25], [1e-12], [1.0]])
+  (qm,) = q.quantized(x)
+  assert np.all(np.asarray(qm.scale_values()) > 0)
+  np.testing.assert_allclose(q(x), np.asarray(q.qparams()["scale"]) * np.where(np.asarray(x) >= 0, 1, -1))
