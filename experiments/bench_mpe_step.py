@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from experiments.configs import mpe_default
 from hq_jax import cli, workdir
 from hq_jax.ctr import train
+from hq_jax.ctr.methods import METHODS
 
 _N = flags.DEFINE_integer("num_features", 1_000_000, "Rows of the embedding table.")
 _F = flags.DEFINE_integer("num_fields", 20, "Fields per sample.")
@@ -32,14 +34,15 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this file
 
 def time_step(method: str, ids, labels, counts) -> float:
   """Median seconds of one train step of `method` ('mpe-search' / 'mpe-retrain' for the two MPE phases)."""
-  config = train.default_config()
+  config = mpe_default.get_config()
   config.method = method.split("-")[0]
   config.model.dim, config.model.hidden = _D.value, tuple(int(h) for h in _HIDDEN.value)
   model = train.create_model(config, _N.value, _F.value, counts)
-  phase = method.split("-")[1] if "-" in method else None
+  phase = method.split("-")[1] if "-" in method else "train"
   if phase == "retrain":  # Frozen widths spread over 0..6 as a search would leave them.
     model.embedding.group_bits[...] = jnp.arange(model.embedding.group_bits.shape[0]) % 7
-  graphdef, params, rest = train.split_model(model, train=True, phase=phase)
+  METHODS[config.method].enter_phase(model.embedding, phase)
+  graphdef, params, rest = train.split_model(model, train=True)
   tx = train.create_optimizer(config)
   step = train.make_train_step(graphdef, tx, l2=0.0, lam=1e-3 if phase == "search" else 0.0)
   opt_state = tx.init(params)

@@ -12,11 +12,11 @@ Measured (seed 0, 2-core shared CPU, 2026-11-23; details and all rows in results
 
 import os
 
-from hq_jax.ctr import train
+from experiments.configs import mpe_default
 
 
 def get_config():
-  c = train.default_config()
+  c = mpe_default.get_config()
   c.method = "mpe"
   here = os.path.dirname(os.path.abspath(__file__))
   c.data.spec = "frappe:" + os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "data", "frappe"))

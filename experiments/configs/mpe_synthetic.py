@@ -15,11 +15,11 @@ Measured (seed 0, 2-core shared CPU, 2026-11-23; all rows in results/mpe.md):
   fp: 0.7185 (fp with --config.train.l2=3e-6: 0.7191), ~1-2 min; lsq 6 bit 0.7176; alpt 0.7194; qr 0.7077.
 """
 
-from hq_jax.ctr import train
+from experiments.configs import mpe_default
 
 
 def get_config():
-  c = train.default_config()
+  c = mpe_default.get_config()
   c.method = "mpe"
   c.data.spec = "synthetic:rows=1000000,fields=20,features=1000000,zipf_a=1.2,seed=0"
   c.model.hidden = (256, 256)  # Ours: smaller than the spec's MLP so a run fits ~15 min on 2 CPU cores.

@@ -5,11 +5,11 @@ Command: `python -m experiments.mpe --config=experiments/configs/mpe_test.py --w
 Result: not meaningful (9,999 rows); the tests only check the run, the export and resume.
 """
 
-from hq_jax.ctr import train
+from experiments.configs import mpe_default
 
 
 def get_config():
-  c = train.default_config()
+  c = mpe_default.get_config()
   c.method = "mpe"
   c.data.spec = "criteo-sample"
   c.model.hidden = (32, 16)

@@ -1,7 +1,7 @@
 """Baseline embedding tables of the MPE comparison: LSQ+ at a fixed width, ALPT and the QR trick.
 
 Each is an NNX module with the interface of `models.Embedding` (`__call__(ids)`, `regularizer()`,
-`post_update(rng)`), so the trainer treats all methods alike.
+`post_update(rng)`), so the trainer treats all methods alike; LSQ+ and ALPT subclass it.
 - `LSQEmbedding`: every row quantized with LSQ+ at one width (6 bits in the authors' comparison).
 - `ALPTEmbedding` (low-precision training): the table is kept equal to alpha * int8 codes; after every
   optimizer step the updated rows are written back to the integer grid with stochastic rounding
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hq_jax.ctr import lsq
-from hq_jax.ctr.models import EMBEDDING_INIT_STD, QuantParam
+from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam
 
 
 def stochastic_round(x: jax.Array, rng: jax.Array) -> jax.Array:
@@ -32,7 +32,7 @@ def qr_indices(ids: jax.Array, num_remainder: int) -> tuple[jax.Array, jax.Array
   return ids // num_remainder, ids % num_remainder
 
 
-class LSQEmbedding(nnx.Module):
+class LSQEmbedding(Embedding):
   """Table W quantized with LSQ+ at one fixed width (one step, one offset vector)."""
 
   def __init__(self, num_features: int, dim: int, bits: int, *, rngs: nnx.Rngs):
@@ -42,47 +42,35 @@ class LSQEmbedding(nnx.Module):
     self.alpha = QuantParam(lsq.init_step(w0, bits))
     self.beta = QuantParam(jnp.zeros((dim,)))
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return lsq.lsq_quantize(self.table[...][ids], lsq.effective_step(self.alpha[...]), self.beta[...],
-                            self.bits, self.num_features * self.dim)
-
-  def regularizer(self) -> jax.Array:
-    return jnp.zeros(())
-
-  def post_update(self, rng: jax.Array) -> None:
-    del rng
+  def embed_rows(self, rows: jax.Array, ids: jax.Array) -> jax.Array:
+    del ids
+    return lsq.lsq_quantize(rows, lsq.effective_step(self.alpha[...]), self.beta[...], self.bits,
+                            self.num_features * self.dim)
 
 
-class ALPTEmbedding(nnx.Module):
+class ALPTEmbedding(Embedding):
   """Embeddings stored as alpha * b-bit integers (b = 8), written back with stochastic rounding."""
 
   def __init__(self, num_features: int, dim: int, bits: int = 8, *, rngs: nnx.Rngs):
     self.num_features, self.dim, self.bits = num_features, dim, bits
     w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
-    alpha = lsq.init_step(w0, bits)
-    self.alpha = QuantParam(alpha)
-    self.table = nnx.Param(self._to_grid(w0, alpha, rngs.params()))
+    self.alpha = QuantParam(lsq.init_step(w0, bits))
+    self.table = nnx.Param(self.constrain_rows(w0, rngs.params()))
 
-  def _to_grid(self, w: jax.Array, alpha: jax.Array, rng: jax.Array) -> jax.Array:
+  def constrain_rows(self, rows: jax.Array, rng: jax.Array) -> jax.Array:
+    """alpha * clip(stochastic_round(rows / alpha), lo, hi): rows written back to the integer grid."""
     lo, hi = lsq.int_range(self.bits)
-    step = lsq.effective_step(alpha)
-    return step * jnp.clip(stochastic_round(w / step, rng), lo, hi)
+    step = lsq.effective_step(self.alpha[...])
+    return step * jnp.clip(stochastic_round(rows / step, rng), lo, hi)
 
   def codes(self) -> jax.Array:
     """The stored int8 codes (exact, since the table lies on the grid of the current alpha)."""
     return jnp.round(self.table[...] / lsq.effective_step(self.alpha[...])).astype(jnp.int8)
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    zero = jnp.zeros((self.dim,))
-    return lsq.lsq_quantize(self.table[...][ids], lsq.effective_step(self.alpha[...]), zero, self.bits,
+  def embed_rows(self, rows: jax.Array, ids: jax.Array) -> jax.Array:
+    del ids
+    return lsq.lsq_quantize(rows, lsq.effective_step(self.alpha[...]), jnp.zeros((self.dim,)), self.bits,
                             self.num_features * self.dim)
-
-  def regularizer(self) -> jax.Array:
-    return jnp.zeros(())
-
-  def post_update(self, rng: jax.Array) -> None:
-    """Writes the updated table back to alpha * int codes with stochastic rounding."""
-    self.table[...] = self._to_grid(self.table[...], self.alpha[...], rng)
 
 
 class QREmbedding(nnx.Module):

@@ -12,6 +12,10 @@ small = [v < lo], big = [v > hi], mid = the rest, g the upstream gradient and s 
   dL/dalpha = sum((small * lo + big * hi + mid * (round(v) - v)) * g) * s
   dL/dbeta_d = sum over rows of ((small + big) * g) * s.
 
+These are LSQ+'s gradients (Bhalgat et al. 2020, arXiv 2004.09576) in the spec's form; `lsq_plus_grads` writes
+the per-element terms once, and the three custom_vjps (`lsq_quantize`: one width; `lsq_quantize_rowwise`: a
+width per row; `lsq_mixture`: a weighted sum of widths) only sum them.
+
 `s = 1 / sqrt(2^(b-1)) / sqrt(N * D)` uses the WHOLE table size N * D even though only a batch of rows is
 quantized: that is what the authors' code does and it keeps the step-size learning rate independent of the
 batch size. `alpha` here is the effective (positive) step; callers hold a raw parameter and pass
@@ -60,6 +64,24 @@ def dequantize(codes: jax.Array, alpha: jax.Array, beta: jax.Array) -> jax.Array
   return alpha * codes.astype(jnp.float32) + beta
 
 
+def lsq_plus_grads(v: jax.Array, g: jax.Array, lo, hi) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The LSQ+ gradients of the module docstring per element, times the upstream gradient `g` (before the sums
+  and the scale s_b): (dL/dw, dL/dalpha terms, dL/dbeta terms), each shaped like `v`.
+
+  The one place the formulas are written (Bhalgat et al. 2020, arXiv 2004.09576): the three custom_vjps below
+  call it. `v` = (w - beta) / alpha and `g` share a shape; `lo`, `hi` broadcast against them.
+  """
+  small, big = v < lo, v > hi
+  mid = ~(small | big)
+  return (jnp.where(mid, g, 0.0), jnp.where(small, lo, jnp.where(big, hi, jnp.round(v) - v)) * g,
+          jnp.where(mid, 0.0, g))
+
+
+def _fake_quant(v, alpha, beta, lo, hi):
+  """alpha * clip(round(v), lo, hi) + beta: the forward value of Q_b at v = (w - beta) / alpha."""
+  return alpha * jnp.clip(jnp.round(v), lo, hi) + beta
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def lsq_quantize(w: jax.Array, alpha: jax.Array, beta: jax.Array, bits: int,
                  table_size: int) -> jax.Array:
@@ -75,30 +97,22 @@ def lsq_quantize(w: jax.Array, alpha: jax.Array, beta: jax.Array, bits: int,
   Returns:
     The quantized rows, same shape as `w`.
   """
-  lo, hi = int_range(bits)
-  return alpha * jnp.clip(jnp.round((w - beta) / alpha), lo, hi) + beta
+  return _lsq_fwd(w, alpha, beta, bits, table_size)[0]
 
 
 def _lsq_fwd(w, alpha, beta, bits, table_size):
   """Forward pass; the residual is v = (w - beta) / alpha, all the backward pass needs."""
-  lo, hi = int_range(bits)
   v = (w - beta) / alpha
-  out = alpha * jnp.clip(jnp.round(v), lo, hi) + beta
-  return out, (v, alpha, beta)
+  return _fake_quant(v, alpha, beta, *int_range(bits)), (v, alpha, beta)
 
 
 def _lsq_bwd(bits, table_size, residuals, g):
-  """The spec's straight-through LSQ+ gradients for w, alpha and beta."""
+  """`lsq_plus_grads`, summed over all entries (alpha) and over rows (beta), times s_b."""
   v, alpha, beta = residuals
-  lo, hi = int_range(bits)
   s = grad_scale(bits, table_size)
-  small = (v < lo).astype(g.dtype)
-  big = (v > hi).astype(g.dtype)
-  mid = 1.0 - small - big
-  grad_w = mid * g
-  grad_alpha = jnp.sum((small * lo + big * hi + mid * (jnp.round(v) - v)) * g) * s
-  grad_beta = jnp.sum(((small + big) * g).reshape(-1, g.shape[-1]), axis=0) * s
-  return grad_w, grad_alpha.astype(alpha.dtype).reshape(jnp.shape(alpha)), \
+  grad_w, grad_alpha, grad_beta = lsq_plus_grads(v, g, *int_range(bits))
+  grad_beta = jnp.sum(grad_beta.reshape(-1, g.shape[-1]), axis=0) * s
+  return grad_w, (jnp.sum(grad_alpha) * s).astype(alpha.dtype).reshape(jnp.shape(alpha)), \
       grad_beta.astype(beta.dtype).reshape(jnp.shape(beta))
 
 
@@ -137,27 +151,25 @@ def lsq_quantize_rowwise(w: jax.Array, width_index: jax.Array, alphas: jax.Array
 def _rowwise_fwd(w, width_index, alphas, beta, bits, table_size):
   lo, hi, _ = _range_arrays(bits, table_size)
   k = jnp.maximum(width_index, 0)
-  alpha, lo_r, hi_r = alphas[k][..., None], lo[k][..., None], hi[k][..., None]
-  keep = (width_index >= 0)[..., None]
+  alpha = alphas[k][..., None]
   v = (w - beta) / alpha
-  out = jnp.where(keep, alpha * jnp.clip(jnp.round(v), lo_r, hi_r) + beta, 0.0)
+  out = jnp.where((width_index >= 0)[..., None], _fake_quant(v, alpha, beta, lo[k][..., None], hi[k][..., None]),
+                  0.0)
   return out, (v, width_index)
 
 
 def _rowwise_bwd(bits, table_size, residuals, g):
+  """`lsq_plus_grads` of each row at its width (pruned rows: none), summed per width (alpha) and per column
+  (beta), each term times its width's s_b."""
   v, width_index = residuals
   lo, hi, s = _range_arrays(bits, table_size)
   k = jnp.maximum(width_index, 0)
-  lo_r, hi_r = lo[k][..., None], hi[k][..., None]
   g = jnp.where((width_index >= 0)[..., None], g, 0.0)
-  small, big = v < lo_r, v > hi_r
-  mid = ~(small | big)
-  grad_w = jnp.where(mid, g, 0.0)
-  per_row = jnp.sum(jnp.where(small, lo_r, jnp.where(big, hi_r, jnp.round(v) - v)) * g, axis=-1)
+  grad_w, grad_alpha, grad_beta = lsq_plus_grads(v, g, lo[k][..., None], hi[k][..., None])
   one_hot = (width_index[..., None] == jnp.arange(len(bits))).astype(g.dtype)  # (..., K); pruned: 0.
-  grad_alpha = jnp.sum((per_row[..., None] * one_hot).reshape(-1, len(bits)), axis=0) * s
-  clipped = jnp.where(mid, 0.0, g) * s[k][..., None]
-  grad_beta = jnp.sum(clipped.reshape(-1, g.shape[-1]), axis=0)
+  per_row = jnp.sum(grad_alpha, axis=-1)[..., None] * one_hot
+  grad_alpha = jnp.sum(per_row.reshape(-1, len(bits)), axis=0) * s
+  grad_beta = jnp.sum((grad_beta * s[k][..., None]).reshape(-1, g.shape[-1]), axis=0)
   return grad_w, None, grad_alpha, grad_beta
 
 
@@ -185,11 +197,11 @@ def lsq_mixture(w: jax.Array, probs: jax.Array, alphas: jax.Array, beta: jax.Arr
 
 
 def _mixture_parts(w, alphas, beta, bits, table_size):
+  """v (..., K, D) at every width, the quantized copies q (..., K, D), lo and hi (K, 1) and s (K,)."""
   lo, hi, s = _range_arrays(bits, table_size)
-  v = (w[..., None, :] - beta) / alphas[:, None]  # (..., K, D)
+  v = (w[..., None, :] - beta) / alphas[:, None]
   lo, hi = lo[:, None], hi[:, None]
-  q = alphas[:, None] * jnp.clip(jnp.round(v), lo, hi) + beta
-  return v, q, lo, hi, s
+  return v, _fake_quant(v, alphas[:, None], beta, lo, hi), lo, hi, s
 
 
 def _mixture_fwd(w, probs, alphas, beta, bits, table_size):
@@ -198,18 +210,17 @@ def _mixture_fwd(w, probs, alphas, beta, bits, table_size):
 
 
 def _mixture_bwd(bits, table_size, residuals, g):
+  """`lsq_plus_grads` of each quantized copy with upstream gradient p_k * g, summed over the copies (w), per
+  width (alpha) and per column (beta), each term times its width's s_b."""
   w, probs, alphas, beta = residuals
   v, q, lo, hi, s = _mixture_parts(w, alphas, beta, bits, table_size)
   k, d = v.shape[-2], v.shape[-1]
-  small, big = v < lo, v > hi
-  mid = ~(small | big)
   pg = probs[..., None] * g[..., None, :]  # (..., K, D): upstream gradient of each Q_k.
-  grad_w = jnp.sum(jnp.where(mid, pg, 0.0), axis=-2)
-  t = jnp.where(small, lo, jnp.where(big, hi, jnp.round(v) - v))
-  grad_alpha = jnp.sum((t * pg).reshape(-1, k, d), axis=(0, 2)) * s
-  grad_beta = jnp.sum(jnp.where(mid, 0.0, pg).reshape(-1, k, d) * s[:, None], axis=(0, 1))
+  grad_w, grad_alpha, grad_beta = lsq_plus_grads(v, pg, lo, hi)
+  grad_alpha = jnp.sum(grad_alpha.reshape(-1, k, d), axis=(0, 2)) * s
+  grad_beta = jnp.sum(grad_beta.reshape(-1, k, d) * s[:, None], axis=(0, 1))
   grad_probs = jnp.sum(q * g[..., None, :], axis=-1)
-  return grad_w, grad_probs, grad_alpha, grad_beta
+  return jnp.sum(grad_w, axis=-2), grad_probs, grad_alpha, grad_beta
 
 
 lsq_mixture.defvjp(_mixture_fwd, _mixture_bwd)

@@ -7,7 +7,8 @@ layer, pairwise inner products) are small pure functions so that they can be tes
 modules only hold parameters.
 """
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,22 +41,35 @@ def pairwise_inner_products(e: jax.Array) -> jax.Array:
 
 
 class Embedding(nnx.Module):
-  """Full-precision table W (N, D), W ~ N(0, 0.003^2)."""
+  """Full-precision table W (N, D), W ~ N(0, 0.003^2); the base of every table whose output for ids depends
+  on W only through the rows W[ids]. Subclasses override what differs: `embed_rows` (e.g. a quantizer),
+  `regularizer` and `constrain_rows`."""
 
   def __init__(self, num_features: int, dim: int, *, rngs: nnx.Rngs):
     self.num_features, self.dim = num_features, dim
     self.table = nnx.Param(EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim)))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
-    return self.table[...][ids]
+    """(b, F) int ids -> (b, F, D) float32 embeddings."""
+    return self.embed_rows(self.table[...][ids], ids)
+
+  def embed_rows(self, rows: jax.Array, ids: jax.Array) -> jax.Array:
+    """The embeddings (..., D) of `ids` (...) from their gathered rows (..., D)."""
+    del ids
+    return rows
 
   def regularizer(self) -> jax.Array:
     """The method's extra loss term (none for full precision)."""
     return jnp.zeros(())
 
-  def post_update(self, rng: jax.Array) -> None:
-    """Hook run after each optimizer update (ALPT writes back integers here); nothing for this table."""
+  def constrain_rows(self, rows: jax.Array, rng: jax.Array) -> jax.Array:
+    """Rows after an optimizer step, put back where the method keeps them (ALPT: its integer grid)."""
     del rng
+    return rows
+
+  def post_update(self, rng: jax.Array) -> None:
+    """Hook run after each optimizer update: `constrain_rows` on the whole table."""
+    self.table[...] = self.constrain_rows(self.table[...], rng)
 
 
 class MLP(nnx.Module):
@@ -63,7 +77,7 @@ class MLP(nnx.Module):
 
   def __init__(self, in_dim: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
     dims = [in_dim, *hidden]
-    self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
+    self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
     self.norms = nnx.List([nnx.BatchNorm(b, momentum=0.9, rngs=rngs) for b in dims[1:]])
     self.out_dim = dims[-1]
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from hq_jax.ctr import lsq
-from hq_jax.ctr.models import EMBEDDING_INIT_STD, QuantParam
+from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam
 
 CANDIDATE_BITS = (0, 1, 2, 3, 4, 5, 6)
 DEFAULT_TAU = 3e-3
@@ -147,7 +147,7 @@ def frozen_quantize(rows: jax.Array, row_bits: jax.Array, alphas: jax.Array, bet
   return lsq.lsq_quantize_rowwise(rows, width_index, alphas[jnp.asarray(nonzero)], beta, bits, table_size)
 
 
-class MixedPrecisionEmbedding(nnx.Module):
+class MixedPrecisionEmbedding(Embedding):
   """Table W with per-width LSQ+ steps, one offset and per-group precision logits.
 
   `phase` is static: 'search' mixes all widths with p_g = softmax(gamma_g / tau); 'retrain' uses the frozen
@@ -173,8 +173,7 @@ class MixedPrecisionEmbedding(nnx.Module):
   def probs(self) -> jax.Array:
     return precision_probs(self.gamma[...], self.tau)
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    rows = self.table[...][ids]
+  def embed_rows(self, rows: jax.Array, ids: jax.Array) -> jax.Array:
     groups = self.group_of[...][ids]
     alphas = lsq.effective_step(self.alpha[...])
     size = self.num_features * self.dim
@@ -188,9 +187,6 @@ class MixedPrecisionEmbedding(nnx.Module):
     if self.phase == "search":
       return bit_regularizer(self.probs(), self.costs[...], self.candidate_bits)
     return jnp.zeros(())
-
-  def post_update(self, rng: jax.Array) -> None:
-    del rng
 
   def feature_bits(self) -> np.ndarray:
     """(N,) the frozen width of every feature."""
