@@ -55,8 +55,8 @@ def cell(values: list[float], digits: int = 4) -> str:
 
 def curvature_share(runs: list[dict]) -> str:
   """Share of training time spent on delta (curvature) updates, mean over runs; '-' when there were none."""
-  shares = [r.get("curvature_seconds_this_run", 0.0) / r["train_seconds_this_run"] for r in runs
-            if r.get("curvature_seconds_this_run") and r["train_seconds_this_run"] > 0]
+  shares = [r.get("curvature_seconds", 0.0) / r["train_seconds"] for r in runs
+            if r.get("curvature_seconds") and r.get("train_seconds", 0) > 0]
   return f"{100 * np.mean(shares):.1f}% of training" if shares else "-"
 
 

@@ -250,8 +250,10 @@ def epoch_batches(data: InteractionData, seed: int, epoch: int, batch_size: int,
   return out
 
 
-def _checkpoint_state(params, opt_state, deltas, epoch: int) -> dict:
-  return {"params": params, "opt_state": opt_state, "deltas": deltas, "epoch": np.asarray(epoch, np.int32)}
+def _checkpoint_state(params, opt_state, deltas, epoch: int, seconds=(0.0, 0.0)) -> dict:
+  """What a checkpoint holds; `seconds` = (training, curvature) seconds of all epochs so far."""
+  return {"params": params, "opt_state": opt_state, "deltas": deltas, "epoch": np.asarray(epoch, np.int32),
+          "seconds": np.asarray(seconds, np.float32)}
 
 
 def _mean_of(tree) -> dict:
@@ -337,11 +339,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   # ------------------------------------------------------------------------------------------------------
   # Checkpoint: resume from the newest one that restores.
   # ------------------------------------------------------------------------------------------------------
-  start_epoch = 0
+  start_epoch, seconds_before = 0, np.zeros(2)
   restored = run.restore(jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0)))
   if restored is not None:
     params, opt_state, deltas = restored["params"], restored["opt_state"], restored["deltas"]
-    start_epoch = int(restored["epoch"])
+    start_epoch, seconds_before = int(restored["epoch"]), np.asarray(restored["seconds"])
     _log(f"resumed from {run.checkpoints.directory} at epoch {start_epoch}")
   run.metrics.truncate_after(start_epoch if restored is not None else -1)
 
@@ -397,7 +399,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
         record["delta"] = _mean_of(deltas)
       _log("  eval " + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if "@" in k))
     if done % config.train.checkpoint_every == 0 or done == epochs:
-      run.save(done, _checkpoint_state(params, opt_state, deltas, done))
+      run.save(done, _checkpoint_state(params, opt_state, deltas, done,
+                                       seconds_before + (train_time, curvature_time)))
     if record is not None:  # logged after the checkpoint that covers it, so a resume never duplicates it
       run.metrics.append(record)
     if config.train.stop_after_epochs and done >= config.train.stop_after_epochs and done < epochs:
@@ -426,7 +429,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       "resumed_from_epoch": start_epoch,
       "train_seconds_this_run": train_time,
       "curvature_seconds_this_run": curvature_time,  # delta updates (included in train_seconds_this_run)
-      "seconds_per_epoch": train_time / max(epochs - start_epoch, 1),
+      # All epochs, over every run that trained this workdir (kept in the checkpoints):
+      "train_seconds": float(seconds_before[0] + train_time),
+      "curvature_seconds": float(seconds_before[1] + curvature_time),
+      "seconds_per_epoch": float(seconds_before[0] + train_time) / max(epochs, 1),
       "wall_seconds_this_run": time.time() - t_start,
       "device": device_description(),
       "finished": now_iso(),
