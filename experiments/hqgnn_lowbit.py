@@ -10,11 +10,12 @@ Each variant is a name whose dash-separated tokens set config keys (see `variant
   layerwise [bigear]           quantize every layer E(k) (scores weighted by LightGCN's mean, or BiGeaR's)
   fixed{v} | trace{m}x | diag{m}x   GSTE delta: fixed v, or m times the trace / diagonal curvature rule
   distill{w}                   ranking distillation from train.init_from with weight w
+  pre{n}                       first n full-precision epochs in <workdir>/pretrain, then start from them
   start                        the train.init_from model itself (0 epochs): the full-precision start
 e.g. `1bit-row8-gaussian-layerwise-bigear-distill1`. Every (variant, seed) trains in its own workdir under
 --root (finished ones are re-evaluated, interrupted ones resume). The table gives mean ± std over seeds of the final
 metrics, bits per node (codes + stored scalars, over users and items) and Recall@20 as % of the reference row
-(`start` if present, else `fp`); `--plot` draws Recall@20 against bits per node.
+(a run's own `pre{n}` stage, else `start` if present, else `fp`); `--plot` draws Recall@20 against bits per node.
 """
 
 import os
@@ -63,6 +64,8 @@ def variant_overrides(name: str) -> dict:
     elif m := re.fullmatch(r"(trace|diag)([0-9.e+-]+)x", token):
       out.update({"quant.estimator": "gste", "quant.delta": "trace" if m.group(1) == "trace" else "diagonal",
                   "quant.delta_multiplier": float(m.group(2))})
+    elif m := re.fullmatch(r"pre(\d+)", token):
+      out["train.pretrain_epochs"] = int(m.group(1))
     elif m := re.fullmatch(r"distill([0-9.e+-]+)", token):
       out["distill.weight"] = float(m.group(1))
     else:
@@ -126,7 +129,10 @@ def main(argv):
   summary = {}
   for name, runs in table.items():
     recall = [r["metrics"]["recall@20"] for r in runs]
-    share = f"{100 * np.mean(recall) / ref_recall:.1f}%" if ref_recall else "-"
+    if "pretrain" in runs[0]:  # % of its own full-precision start
+      share = f"{100 * np.mean([r['metrics']['recall@20'] / r['pretrain']['metrics']['recall@20'] for r in runs]):.1f}%"
+    else:
+      share = f"{100 * np.mean(recall) / ref_recall:.1f}%" if ref_recall else "-"
     bits = runs[0].get("bits_per_node", 8 * runs[0]["representation_bytes"] /
                        (runs[0]["dataset"]["num_users"] + runs[0]["dataset"]["num_items"]))
     lines.append(f"| {name} | {bits:.1f} | " + " | ".join(cell([r["metrics"][m] for r in runs]) for m in METRICS)

@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Workdir of a trained run: start the encoder from its latest checkpoint. Batches are drawn from
   # (seed, epoch), so with the source's seed the first epochs replay its triples; change `seed` to avoid it.
   config.train.init_from = ""
+  # > 0: first train full precision for this many epochs in <workdir>/pretrain, then start from it (and use
+  # it as the distillation teacher): one command from scratch (ours).
+  config.train.pretrain_epochs = 0
 
   # Quantizer of the final user and item embeddings (HQ-GNN). bits = none is plain LightGCN.
   config.quant = ml_collections.ConfigDict()

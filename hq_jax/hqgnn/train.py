@@ -51,8 +51,11 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
     raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
   if config.distill.weight < 0 or config.distill.top_r < 1 or config.distill.samples < 1:
     raise UserError("config.distill: weight must be >= 0, top_r and samples >= 1")
-  if config.distill.weight > 0 and not config.train.init_from:
-    raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run")
+  if config.distill.weight > 0 and not (config.train.init_from or config.train.pretrain_epochs):
+    raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run "
+                    "(or config.train.pretrain_epochs)")
+  if config.train.pretrain_epochs < 0:
+    raise UserError(f"config.train.pretrain_epochs={config.train.pretrain_epochs} must be >= 0")
   evaluation.check_ks(config.eval.ks, data.num_items)
   delta_config(config)
   try:
@@ -308,6 +311,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   data = load_training_data(config)
   model_config = validate_config(config, data)
   run = RunDir(workdir, config, epochs_key="train.epochs", ignore=RESULT_NEUTRAL_KEYS, extend=extend)
+  pretrained = None
+  if config.train.pretrain_epochs:
+    pretrained, config = pretrain(config, workdir)
+    if pretrained.get("status") == "stopped":
+      run.close()
+      return pretrained
   dconfig = delta_config(config)
   problem = create_problem(config, data)
   graph_args = (problem.graph, problem.adjacency)
@@ -440,7 +449,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   }
   if qconfig is not None:
     results["final_delta"] = _mean_of(deltas)
+  if pretrained is not None:
+    results["pretrain"] = {"workdir": config.train.init_from, "metrics": pretrained["metrics"],
+                           "epochs": pretrained["epochs"], "train_seconds": pretrained["train_seconds"]}
   return run.write_results(results)
+
+
+PRETRAIN_SEED_OFFSET = 1_000_003
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, ml_collections.ConfigDict]:
+  """`train.pretrain_epochs` (ours): first a full-precision run of that many epochs in `<workdir>/pretrain`
+  (seed + PRETRAIN_SEED_OFFSET, so its BPR triples are not replayed afterwards), then `config` starts from it
+  (`train.init_from`; it is also the distillation teacher). Both stages resume like any run.
+
+  Returns:
+    (the pretraining results, the config of the second stage).
+  """
+  if config.train.init_from:
+    raise UserError("config.train.pretrain_epochs and config.train.init_from exclude each other")
+  stage = config.copy_and_resolve_references()
+  with stage.unlocked():
+    stage.seed = config.seed + PRETRAIN_SEED_OFFSET
+    stage.quant.bits = "none"
+    stage.distill.weight = 0.0
+    stage.train.epochs = config.train.pretrain_epochs
+    stage.train.pretrain_epochs = 0
+    stage.eval.every = 0
+  _log(f"pretraining full precision for {stage.train.epochs} epochs in {os.path.join(workdir, 'pretrain')}")
+  results = train_and_evaluate(stage, os.path.join(workdir, "pretrain"))
+  second = config.copy_and_resolve_references()
+  with second.unlocked():
+    second.train.init_from = os.path.join(workdir, "pretrain")
+  return results, second
 
 
 def model_name(c: model_lib.ModelConfig) -> str:

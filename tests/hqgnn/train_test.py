@@ -234,3 +234,26 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(reference_ru
   with pytest.raises(UserError, match="no checkpoint restores"):
     train.train_and_evaluate(_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints_damaged"))) == ["3", "4", "4.1"]
+
+
+def test_pretrain_then_quantize_in_one_run_equals_init_from(reference_run, tmp_path):
+  # train.pretrain_epochs: a full-precision stage in <workdir>/pretrain, then the quantized run starts from it.
+  config = _config(pretrain_epochs=4, epochs=2)
+  config.quant.bits = "1"
+  config.distill.weight = 0.5
+  config.distill.top_r = 10
+  results = train.train_and_evaluate(config, str(tmp_path / "one"))
+  assert results["pretrain"]["epochs"] == 4 and os.path.isdir(tmp_path / "one" / "pretrain" / "checkpoints")
+  assert results["pretrain"]["metrics"]["recall@20"] > results["metrics"]["recall@20"] > 0.02
+  # The same two stages by hand give the same result.
+  stage = _config(epochs=4)
+  stage.seed = train.PRETRAIN_SEED_OFFSET
+  stage.eval.every = 0
+  train.train_and_evaluate(stage, str(tmp_path / "fp"))
+  by_hand = _config(epochs=2, init_from=str(tmp_path / "fp"))
+  by_hand.quant.bits = "1"
+  by_hand.distill.weight = 0.5
+  by_hand.distill.top_r = 10
+  assert train.train_and_evaluate(by_hand, str(tmp_path / "q"))["metrics"] == results["metrics"]
+  with pytest.raises(UserError, match="exclude each other"):
+    train.train_and_evaluate(_config(pretrain_epochs=2, init_from=str(tmp_path / "fp")), str(tmp_path / "x"))
