@@ -126,11 +126,17 @@ def lightgcn_propagate(aggregate: Callable[[jax.Array], jax.Array], e0: jax.Arra
 
 def make_aggregate(graph: jraph.GraphsTuple, adj: CSRAdjacency | None,
                    kind: Aggregation) -> Callable[[jax.Array], jax.Array]:
-  """The aggregation function for `kind`, closed over the graph arrays (pass them through jit as args)."""
+  """The aggregation function for `kind`, closed over the graph arrays (pass them through jit as args).
+
+  For 'csr', `adj` is a `CSRAdjacency`, or any adjacency with an `aggregate(h)` method (the sharded
+  `hq_jax.parallel.ShardedCSR`, with which `graph` is not read and may be None).
+  """
   if kind == "segment":
     return lambda h: segment_aggregate(graph, h)
   if kind == "csr":
     if adj is None:
       raise ValueError("csr aggregation needs the CSRAdjacency of the graph")
+    if not isinstance(adj, CSRAdjacency):  # e.g. `hq_jax.parallel.ShardedCSR`: A~ split by rows over a mesh
+      return adj.aggregate
     return lambda h: csr_aggregate(adj, h)
   raise ValueError(f"unknown aggregation {kind!r} (expected 'segment' or 'csr')")
