@@ -6,7 +6,8 @@ r"""Benchmarks top-K retrieval: JAX float32 / 1-bit / b-bit search against FAISS
   # 10^6 synthetic items, 1024 query users:
   python -m experiments.bench_retrieval --num_items=1000000 --num_users=1024 --dim=64 \
       --out=results/retrieval_1m
-  # a trained export (float or quantized .npz; for a quantized one the float side is its dequantization):
+  # a trained export (float or quantized .npz; for a quantized one the float side is its dequantization,
+  # and method "export" searches the export's own integer codes, exactly):
   python -m experiments.bench_retrieval --export=runs/x/export.npz --data_dir=../shared/data/gowalla
 
 Writes `<out>.json` (every timing, the machine, the command) and `<out>.md` (a markdown table). Recall is
@@ -30,9 +31,9 @@ from absl import flags
 from hq_jax import cli
 from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.export import load_export
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix
 from hq_jax.retrieval import benchmark
-from hq_jax.retrieval.export import load_export
 
 _EXPORT = flags.DEFINE_string("export", "", "Training export (.npz) to search; empty = synthetic embeddings.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "LightGCN folder: its sizes and training items (excluded).")
@@ -43,7 +44,8 @@ _QUERY_USERS = flags.DEFINE_integer("query_users", 0, "Search for the first N us
 _K = flags.DEFINE_integer("k", 20, "Results per user.")
 _BATCH = flags.DEFINE_integer("batch_users", 1024, "Users per jitted search call.")
 _BLOCK = flags.DEFINE_integer("block_items", 65536, "Items per scanned block.")
-_METHODS = flags.DEFINE_list("methods", list(benchmark.JAX_METHODS), "JAX methods to run.")
+_METHODS = flags.DEFINE_list("methods", list(benchmark.JAX_METHODS), "JAX methods to run (plus 'export': a "
+                             "quantized --export's own codes, run first by default when there is one).")
 _FAISS = flags.DEFINE_list("faiss", list(benchmark.FAISS_METHODS), "FAISS indexes to run (empty: none).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per method (after one warm-up run).")
 _THREADS = flags.DEFINE_integer("threads", 2, "FAISS OpenMP threads (match the CPU cores JAX uses).")
@@ -53,15 +55,26 @@ _MACHINE = flags.DEFINE_string("machine", platform.processor() or platform.machi
 
 
 def _float_side(rep) -> np.ndarray:
-  return np.asarray(rep.dequantize() if isinstance(rep, QuantizedMatrix) else rep, np.float32)
+  quantized = isinstance(rep, (QuantizedMatrix, LayeredQuantized))
+  return np.asarray(rep.dequantize() if quantized else rep, np.float32)
+
+
+def _methods(quantized_export: bool) -> list[str]:
+  methods = list(_METHODS.value)
+  if quantized_export and benchmark.EXPORT_METHOD not in methods and not _METHODS.present:
+    methods = [benchmark.EXPORT_METHOD] + methods
+  return methods
 
 
 def _workload() -> tuple[benchmark.Workload, dict]:
   data = load_dataset(_DATA_DIR.value) if _DATA_DIR.value else None
+  user_rep = item_rep = None
   if _EXPORT.value:
     user_rep, item_rep = load_export(_EXPORT.value)
     users, items = _float_side(user_rep), _float_side(item_rep)
     source = _EXPORT.value
+    if not isinstance(user_rep, (QuantizedMatrix, LayeredQuantized)):
+      user_rep = item_rep = None
   else:
     if _DIM.value < 1 or not 1 <= _NUM_ITEMS.value <= 10**7 or _NUM_USERS.value < 1:
       raise UserError("--dim, --num_users must be positive and --num_items in [1, 10^7]")
@@ -83,12 +96,14 @@ def _workload() -> tuple[benchmark.Workload, dict]:
     raise UserError(f"--query_users={nq} must be between 1 and the number of users ({users.shape[0]})")
   if not 1 <= _K.value <= items.shape[0]:
     raise UserError(f"--k={_K.value} must be between 1 and the number of items ({items.shape[0]})")
-  unknown = [m for m in _METHODS.value if m not in benchmark.JAX_METHODS]
+  exported = [benchmark.EXPORT_METHOD] if user_rep is not None else []
+  unknown = [m for m in _methods(user_rep is not None) if m not in list(benchmark.JAX_METHODS) + exported]
   unknown += [m for m in _FAISS.value if m not in benchmark.FAISS_METHODS]
   if unknown:
-    raise UserError(f"unknown method(s) {', '.join(unknown)} (JAX: {', '.join(benchmark.JAX_METHODS)}; "
-                    f"FAISS: {', '.join(benchmark.FAISS_METHODS)})")
-  w = benchmark.Workload(users, items, np.arange(nq), indptr, indices, _K.value)
+    raise UserError(f"unknown method(s) {', '.join(unknown)} (JAX: {', '.join(list(benchmark.JAX_METHODS) + exported)}"
+                    f"; FAISS: {', '.join(benchmark.FAISS_METHODS)})")
+  w = benchmark.Workload(users, items, np.arange(nq), indptr, indices, _K.value, user_rep=user_rep,
+                         item_rep=item_rep)
   info = {"source": source, "num_users": users.shape[0], "num_items": items.shape[0], "dim": users.shape[1],
           "query_users": nq, "k": _K.value, "excluded_train_items": bool(data is not None)}
   return w, info
@@ -102,7 +117,7 @@ def main(argv):
   print(f"measured read bandwidth: {bandwidth / 1e9:.2f} GB/s", flush=True)
   rows = []
   ref = None
-  methods = _METHODS.value
+  methods = _methods(w.user_rep is not None)
   if "float32" in methods:  # the exact float ranking first: every recall is against it
     methods = ["float32"] + [m for m in methods if m != "float32"]
   for name in methods:

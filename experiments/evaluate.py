@@ -3,10 +3,10 @@ r"""Scores exported user/item representations with the LightGCN full-ranking pro
   python -m experiments.evaluate --data_dir=../shared/data/gowalla --embeddings=run/embeddings.npz
 
 prints one JSON line: {"recall@20": ..., "ndcg@20": ..., "recall@50": ..., "ndcg@50": ...,
-"num_eval_users": ...}. `--data_dir` empty or `lastfm` means the embedded LastFM data. The .npz holds float
-`user_embeddings` / `item_embeddings`, or a quantized export (`bits`, `user_codes`, `item_codes`,
-`user_scale`, `user_offset`, `item_scale`, `item_offset`), ranked from its integer codes. Bad input stops
-with one `evaluate: error: ...` line and exit status 2.
+"num_eval_users": ...}. `--data_dir` empty or `lastfm` means the embedded LastFM data. The .npz is an
+export (format in `hq_jax.export`): float `user_embeddings` / `item_embeddings`, or quantized codes (one
+matrix per side, with float32 or 8-bit per-row scales, or layer-wise codes), ranked exactly from its integer
+codes. Bad input stops with one `evaluate: error: ...` line and exit status 2.
 """
 
 import json
@@ -15,6 +15,7 @@ from absl import flags
 
 from hq_jax import cli
 from hq_jax import evaluation
+from hq_jax import export
 from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import UserError
 
@@ -36,7 +37,7 @@ def main(argv):
   del argv
   data = load_dataset(_DATA_DIR.value)
   ks = evaluation.check_ks(parse_ks(_KS.value), data.num_items)
-  user_rep, item_rep = evaluation.load_embeddings(_EMBEDDINGS.value)
+  user_rep, item_rep = export.load_export(_EMBEDDINGS.value)
   try:
     evaluation.check_representations(user_rep, item_rep, data)
   except UserError as e:

@@ -12,34 +12,30 @@ both averaged over the users with |T_u| >= 1. These are the formulas of the Ligh
 
 Ranking is `hq_jax.retrieval`'s blocked top-K (`retrieval.topk.prepare_search` / `search_prepared`), the
 same code that serves retrieval, so evaluation and retrieval cannot disagree: training items excluded,
-ties broken by the lower item id, float embeddings scored by <e_u, e_i> and a `QuantizedMatrix` pair ranked
-from its integer codes with keys whose order equals the dequantized one (the spec: "rank with the quantized
-representation"). Hits are looked up on the host from the test CSR; a training item is never a hit, even
-when a (malformed) split lists it in both train and test: it still counts in |T_u|, as in the reference
-code, where it is ranked last.
+ties broken by the lower item id, float embeddings scored by <e_u, e_i> and a `QuantizedMatrix` (or
+layer-wise `LayeredQuantized`) pair ranked from its integer codes with exact integer keys whose order equals
+the dequantized one (the spec: "rank with the quantized representation"; `hq_jax.retrieval.scoring`).
+Hits are looked up on the host from the test CSR; a training item is never a hit, even when a (malformed)
+split lists it in both train and test: it still counts in |T_u|, as in the reference code, where it is
+ranked last.
 """
 
-import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hq_jax import export
 from hq_jax.data.interactions import CSR, InteractionData
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix
 from hq_jax.retrieval.topk import topk as ranked_topk
 
 DEFAULT_KS = (20, 50)
 DEFAULT_BATCH_SIZE = 1024
 
-# Keys of an exported-embeddings .npz (see `load_embeddings`).
-FLOAT_KEYS = ("user_embeddings", "item_embeddings")
-QUANTIZED_KEYS = ("bits", "user_codes", "item_codes", "user_scale", "user_offset", "item_scale",
-                  "item_offset")
-
-Representation = jax.Array | np.ndarray | QuantizedMatrix
+Representation = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,13 +130,15 @@ def check_representations(user_rep: Representation, item_rep: Representation,
   """Checks shapes and kinds against `data`.
 
   Raises:
-    UserError: rows that do not match the dataset's users/items, differing dims, a float/quantized mix,
-      or non-finite float values (which would make the ranking meaningless).
+    UserError: rows that do not match the dataset's users/items, differing dims, a mix of kinds (float,
+      `QuantizedMatrix`, `LayeredQuantized`), or non-finite float values (which would make the ranking
+      meaningless).
   """
-  quantized = [isinstance(r, QuantizedMatrix) for r in (user_rep, item_rep)]
-  if quantized[0] != quantized[1]:
-    raise UserError("user and item representations must both be float arrays or both be QuantizedMatrix "
-                    f"(got user {type(user_rep).__name__}, item {type(item_rep).__name__})")
+  kinds = [type(r) if isinstance(r, (QuantizedMatrix, LayeredQuantized)) else None for r in (user_rep, item_rep)]
+  if kinds[0] is not kinds[1]:
+    name = lambda k: "float arrays" if k is None else k.__name__
+    raise UserError(f"user and item representations must be of one kind: both float arrays, both "
+                    f"QuantizedMatrix or both LayeredQuantized (got user {name(kinds[0])}, item {name(kinds[1])})")
   for what, rep, rows in (("user", user_rep, data.num_users), ("item", item_rep, data.num_items)):
     shape = tuple(rep.shape)
     if len(shape) != 2:
@@ -150,7 +148,7 @@ def check_representations(user_rep: Representation, item_rep: Representation,
                       f"{rows} {what}s")
   if user_rep.shape[1] != item_rep.shape[1]:
     raise UserError(f"user dim {user_rep.shape[1]} differs from item dim {item_rep.shape[1]}")
-  if quantized[0]:
+  if kinds[0] is not None:
     return
   for what, rep in (("user", user_rep), ("item", item_rep)):
     if not jnp.issubdtype(rep.dtype, jnp.floating):
@@ -186,8 +184,8 @@ def evaluate(user_rep: Representation, item_rep: Representation, data: Interacti
   """Recall@K and NDCG@K of the LightGCN full-ranking protocol.
 
   Args:
-    user_rep: (num_users, d) float embeddings, or a `QuantizedMatrix` (then item_rep must be one too and
-      items are ranked from the integer codes).
+    user_rep: (num_users, d) float embeddings, or a `QuantizedMatrix` or `LayeredQuantized` (then item_rep
+      must be of the same kind and items are ranked from the integer codes).
     item_rep: (num_items, d), same kind as user_rep.
     data: the interactions; train pairs are excluded from ranking, test pairs are the targets.
     ks: cutoffs; each must be <= num_items.
@@ -213,37 +211,11 @@ def evaluate(user_rep: Representation, item_rep: Representation, data: Interacti
 
 
 def load_embeddings(path: str) -> tuple[Representation, Representation]:
-  """Reads exported user and item representations from an .npz file.
+  """Reads an export.npz: `hq_jax.export.load_export` (the one reader; this name stays for its callers).
 
-  The file holds either float `user_embeddings` and `item_embeddings`, or a quantized export: `bits`,
-  `user_codes`, `item_codes`, `user_scale`, `user_offset`, `item_scale`, `item_offset` (the fields of
-  `QuantizedMatrix`). Shapes are checked against a dataset later, by `check_representations`.
+  Shapes are checked against a dataset later, by `check_representations`.
 
   Raises:
-    UserError: a missing or unreadable file, or missing keys (the message names the file).
+    UserError: a missing, unreadable or invalid file (the message names the file and the key).
   """
-  if not os.path.isfile(path):
-    raise UserError(f"{path}: file not found")
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path}: not a readable .npz file ({e})") from None
-  if all(key in arrays for key in FLOAT_KEYS):
-    return arrays["user_embeddings"], arrays["item_embeddings"]
-  if "bits" in arrays or any(key.endswith("_codes") for key in arrays):
-    missing = [key for key in QUANTIZED_KEYS if key not in arrays]
-    if missing:
-      raise UserError(f"{path}: quantized export is missing key(s) {', '.join(missing)}")
-    bits = arrays["bits"]
-    if bits.size != 1 or not np.issubdtype(bits.dtype, np.integer):
-      raise UserError(f"{path}: 'bits' must be one integer, got {bits!r}")
-    reps = []
-    for who in ("user", "item"):
-      reps.append(QuantizedMatrix(codes=arrays[f"{who}_codes"],
-                                  scale=arrays[f"{who}_scale"].astype(np.float32),
-                                  offset=arrays[f"{who}_offset"].astype(np.float32), bits=int(bits)))
-    return reps[0], reps[1]
-  missing = [key for key in FLOAT_KEYS if key not in arrays]
-  raise UserError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'};"
-                  f" expected {', '.join(FLOAT_KEYS)} or a quantized export {', '.join(QUANTIZED_KEYS)})")
+  return export.load_export(path)

@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import retrieval_ref as ref
 
 from hq_jax import evaluation
 from hq_jax.data.interactions import InteractionData, to_csr
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import QuantizedMatrix, dequantize
+from hq_jax.quant import quantizer
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, dequantize
 
 
 def make_data(train: dict, test: dict, num_users: int, num_items: int) -> InteractionData:
@@ -27,14 +29,21 @@ def make_data(train: dict, test: dict, num_users: int, num_items: int) -> Intera
 
 def reference_evaluate(user_emb, item_emb, train: dict, test: dict, ks) -> dict:
   """The LightGCN protocol, written plainly in float64 NumPy, one user at a time."""
+  scores = user_emb.astype(np.float64) @ item_emb.astype(np.float64).T
+  return reference_evaluate_scores(scores, train, test, ks)
+
+
+def reference_evaluate_scores(all_scores, train: dict, test: dict, ks) -> dict:
+  """The protocol from a (U, I) score matrix (float64, or exact Fractions as an object array)."""
   totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
-  eval_users = [u for u in range(user_emb.shape[0]) if len(set(test.get(u, ())))]
+  eval_users = [u for u in range(all_scores.shape[0]) if len(set(test.get(u, ())))]
   for u in eval_users:
-    scores = item_emb.astype(np.float64) @ user_emb[u].astype(np.float64)
+    scores = list(all_scores[u])
     train_items = set(train.get(u, ()))
     test_items = set(test[u])
-    scores[list(train_items)] = -np.inf
-    order = np.lexsort((np.arange(len(scores)), -scores))  # by score desc, then item id asc
+    for i in train_items:
+      scores[i] = -np.inf
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))  # by score desc, then item id asc
     for k in ks:
       hits = [1.0 if (i in test_items and i not in train_items) else 0.0 for i in order[:k]]
       dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
@@ -277,6 +286,64 @@ def test_quantized_ranks_like_dequantized_reference(name, bits, scale, offset):
   assert got == pytest.approx(reference_evaluate(user_f, item_f, train, test, ks), rel=1e-5, abs=1e-7)
 
 
+def _codes(rng, n, d, bits):
+  if bits == 1:
+    return np.where(rng.random((n, d)) < 0.5, -1, 1).astype(np.int8)
+  return rng.integers(0, 2**bits, size=(n, d)).astype(np.uint8)
+
+
+WIDE_CASES = [  # name, bits, d: short-mantissa dyadic scales and offsets, so float64 scores are exact
+    ("1bit_d64", 1, 64), ("2bit_d64", 2, 64), ("3bit_d64", 3, 64), ("4bit_d64", 4, 64),
+    ("8bit_d64", 8, 64), ("8bit_d300", 8, 300), ("8bit_d1024", 8, 1024), ("8bit_d4096", 8, 4096),
+]
+
+
+@pytest.mark.parametrize("name,bits,d", WIDE_CASES, ids=[c[0] for c in WIDE_CASES])
+def test_quantized_every_width_and_dim_matches_float64_reference(name, bits, d):
+  """8 bits past one exact float32 matmul (d * 255^2 >= 2^24 from d = 259): still the exact ranking."""
+  rng = np.random.default_rng(d + bits)
+  num_users, num_items, ks = 12, 80, (5, 20)
+  train, test = random_split(rng, num_users, num_items, 0.2)
+  data = make_data(train, test, num_users, num_items)
+  off = (0.0, 0.0) if bits == 1 else (-1741 / 1024, -1434 / 1024)
+  user_qm = QuantizedMatrix(_codes(rng, num_users, d, bits), np.float32(13 / 1024), np.float32(off[0]), bits)
+  item_qm = QuantizedMatrix(_codes(rng, num_items, d, bits), np.float32(11 / 1024), np.float32(off[1]), bits)
+  got = evaluation.evaluate(user_qm, item_qm, data, ks=ks, batch_size=8)
+  scores = ref.float64_scores(user_qm, item_qm)
+  assert got == pytest.approx(reference_evaluate_scores(scores, train, test, ks), rel=1e-6, abs=1e-9)
+  probe = np.arange(num_users)
+  want = np.stack([ref.ranked(scores[u], 20, train.get(u, ())) for u in probe])
+  np.testing.assert_array_equal(evaluation.topk_items(user_qm, item_qm, data, probe, 20, batch_size=5), want)
+
+
+def _row_scaled(rng, n, d, scale_bits):
+  x = rng.standard_normal((n, d)).astype(np.float32) * rng.uniform(0.3, 3, (n, 1)).astype(np.float32)
+  return quantizer.quantize(x, 1, scale=quantizer.sign_scale(jnp.asarray(x), "row"), scale_bits=scale_bits)
+
+
+NEW_REPS = [
+    ("1bit_row_scales_float32", lambda r, n: _row_scaled(r, n, 32, 32)),
+    ("1bit_row_scales_8bit", lambda r, n: _row_scaled(r, n, 32, 8)),
+    ("layered_row8_bigear", lambda r, n: LayeredQuantized(tuple(_row_scaled(r, n, 16, 8) for _ in range(3)),
+                                                          quantizer.layer_weights(3, "bigear"))),
+    ("layered_mixed_mean", lambda r, n: LayeredQuantized(
+        (_row_scaled(r, n, 16, 32), quantizer.quantize(r.standard_normal((n, 16)), 4)),
+        quantizer.layer_weights(2, "mean"))),
+]
+
+
+@pytest.mark.parametrize("name,build", NEW_REPS, ids=[c[0] for c in NEW_REPS])
+def test_new_representations_match_exact_reference(name, build):
+  rng = np.random.default_rng(len(name))
+  num_users, num_items, ks = 7, 60, (5, 20)
+  train, test = random_split(rng, num_users, num_items, 0.25)
+  data = make_data(train, test, num_users, num_items)
+  user_rep, item_rep = build(rng, num_users), build(rng, num_items)
+  got = evaluation.evaluate(user_rep, item_rep, data, ks=ks, batch_size=4)
+  exact = ref.exact_scores(user_rep, item_rep)
+  assert got == pytest.approx(reference_evaluate_scores(exact, train, test, ks), rel=1e-6, abs=1e-9)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------------------------------------------
@@ -308,51 +375,9 @@ def test_evaluate_rejects_non_finite_and_mixed_kinds():
   with pytest.raises(UserError, match="item embeddings contain non-finite"):
     evaluation.evaluate(np.ones((1, 2), np.float32), np.where(np.eye(3, 2) > 0, np.nan, items), data, ks=(1,))
   qm = QuantizedMatrix(codes=jnp.ones((1, 2), jnp.int8), scale=jnp.float32(1), offset=jnp.float32(0), bits=1)
-  with pytest.raises(UserError, match="both be float arrays or both be QuantizedMatrix"):
+  with pytest.raises(UserError, match="must be of one kind: both float arrays, both QuantizedMatrix"):
     evaluation.evaluate(qm, items, data, ks=(1,))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# load_embeddings
-# ----------------------------------------------------------------------------------------------------------
-
-
-def test_load_embeddings_float_and_quantized(tmp_path):
-  users, items = np.ones((2, 3), np.float32), np.zeros((4, 3), np.float32)
-  np.savez(tmp_path / "f.npz", user_embeddings=users, item_embeddings=items)
-  got_u, got_i = evaluation.load_embeddings(str(tmp_path / "f.npz"))
-  np.testing.assert_array_equal(got_u, users)
-  np.testing.assert_array_equal(got_i, items)
-  np.savez(tmp_path / "q.npz", bits=np.int32(2), user_codes=np.full((2, 3), 3, np.uint8),
-           item_codes=np.zeros((4, 3), np.uint8), user_scale=np.float32(0.5), user_offset=np.float32(-1),
-           item_scale=np.float32(0.25), item_offset=np.float32(0))
-  qu, qi = evaluation.load_embeddings(str(tmp_path / "q.npz"))
-  assert isinstance(qu, QuantizedMatrix) and qu.bits == 2 and qi.shape == (4, 3)
-  np.testing.assert_array_equal(dequantize(qu), np.full((2, 3), 0.5, np.float32))
-
-
-BAD_NPZ = [
-    # name, arrays to save (None: write a non-npz file), message fragment
-    ("missing_item_key", {"user_embeddings": np.ones((2, 2))}, "missing key(s) item_embeddings"),
-    ("quantized_missing_keys", {"bits": np.int32(1), "user_codes": np.ones((2, 2), np.int8)},
-     "quantized export is missing key(s) item_codes, user_scale"),
-    ("bits_not_integer", {"bits": np.float32(1.0), "user_codes": np.ones((1, 1), np.int8),
-                          "item_codes": np.ones((1, 1), np.int8), "user_scale": np.float32(1),
-                          "user_offset": np.float32(0), "item_scale": np.float32(1),
-                          "item_offset": np.float32(0)}, "'bits' must be one integer"),
-    ("not_npz", None, "not a readable .npz file"),
-]
-
-
-@pytest.mark.parametrize("name,arrays,fragment", BAD_NPZ, ids=[c[0] for c in BAD_NPZ])
-def test_load_embeddings_errors_name_the_file(tmp_path, name, arrays, fragment):
-  path = tmp_path / f"{name}.npz"
-  if arrays is None:
-    path.write_text("not a zip archive\n")
-  else:
-    np.savez(path, **arrays)
-  with pytest.raises(UserError) as e:
-    evaluation.load_embeddings(str(path))
-  assert str(e.value).startswith(f"{path}: ") and fragment in str(e.value)
-  with pytest.raises(UserError, match="file not found"):
-    evaluation.load_embeddings(str(tmp_path / "absent.npz"))
+  layered = LayeredQuantized((qm,), (1.0,))
+  with pytest.raises(UserError, match="got user LayeredQuantized, item QuantizedMatrix"):
+    evaluation.evaluate(layered, QuantizedMatrix(jnp.ones((3, 2), jnp.int8), jnp.float32(1), jnp.float32(0), 1), data,
+                        ks=(1,))

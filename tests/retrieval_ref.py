@@ -1,27 +1,87 @@
-"""Plain NumPy references shared by the retrieval tests (not a test module)."""
+"""Plain NumPy / Python references shared by the retrieval and evaluation tests (not a test module)."""
 
 import fractions
 
 import numpy as np
 
-from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, exact_weights
+
+F = fractions.Fraction
+
+
+def layers_of(rep):
+  """(layers, weights) of a quantized rep: one layer with weight 1 for a QuantizedMatrix."""
+  if isinstance(rep, LayeredQuantized):
+    return tuple(rep.layers), tuple(rep.weights)
+  return (rep,), (1.0,)
+
+
+def _scales64(qm: QuantizedMatrix) -> np.ndarray:
+  """(n, 1) float64 scales (exactly the stored float32 values)."""
+  s = np.asarray(qm.scale_values(), np.float64).reshape(-1, 1)
+  return np.broadcast_to(s, (qm.codes.shape[0], 1))
+
+
+def dequantized64(qm: QuantizedMatrix) -> np.ndarray:
+  """offset + scale * codes in float64 (exact: a float32 times an 8-bit integer plus a float32)."""
+  return np.float64(np.asarray(qm.offset)) + _scales64(qm) * np.asarray(qm.codes, np.float64)
+
+
+def float64_scores(user_rep, item_rep) -> np.ndarray:
+  """The float64 reference: sum_k w_k <x^_uk, x^_ik> from float64 dequantized rows (float reps: x itself).
+
+  Exact when scales and offsets are short dyadic numbers and the sums stay below 2^53 (as the dyadic tests
+  pick); otherwise float64 rounding, far below the gaps between distinct scores of random codes.
+  """
+  if not isinstance(user_rep, (QuantizedMatrix, LayeredQuantized)):
+    return np.asarray(user_rep, np.float64) @ np.asarray(item_rep, np.float64).T
+  (ul, weights), (il, _) = layers_of(user_rep), layers_of(item_rep)
+  ws = [float(w) for w in (exact_weights(weights) if isinstance(user_rep, LayeredQuantized) else [1])]
+  return sum(w * (dequantized64(qu) @ dequantized64(qi).T) for w, qu, qi in zip(ws, ul, il))
+
+
+dyadic_scores = float64_scores  # the name the older tests use
+
+
+def exact_scores(user_rep, item_rep) -> np.ndarray:
+  """(B, I) exact rational scores sum_k w_k <x^_uk, x^_ik> (object array of Fractions); small inputs only."""
+  (ul, weights), (il, _) = layers_of(user_rep), layers_of(item_rep)
+  ws = exact_weights(weights) if isinstance(user_rep, LayeredQuantized) else [F(1)]
+  num_users, num_items = ul[0].codes.shape[0], il[0].codes.shape[0]
+  total = np.empty((num_users, num_items), dtype=object)
+  total[:] = F(0)
+  for w, qu, qi in zip(ws, ul, il):
+    cu, ci = np.asarray(qu.codes, np.int64), np.asarray(qi.codes, np.int64)
+    p, su_sum, si_sum, d = cu @ ci.T, cu.sum(1), ci.sum(1), cu.shape[1]
+    su = [F(float(v)) for v in _scales64(qu)[:, 0]]
+    si = [F(float(v)) for v in _scales64(qi)[:, 0]]
+    ou, oi = F(float(np.asarray(qu.offset))), F(float(np.asarray(qi.offset)))
+    for b in range(num_users):
+      for j in range(num_items):
+        total[b, j] += w * (su[b] * si[j] * int(p[b, j]) + ou * si[j] * int(si_sum[j]) + oi * su[b] * int(su_sum[b])
+                            + d * ou * oi)
+  return total
 
 
 def exact_dequantized(rep) -> list[list[fractions.Fraction]]:
-  """The dequantized rows offset + scale * codes as exact rationals."""
+  """The dequantized rows offset + scale * codes as exact rationals (one matrix, or float rows)."""
   if not isinstance(rep, QuantizedMatrix):
-    return [[fractions.Fraction(float(v)) for v in row] for row in np.asarray(rep, np.float64)]
+    return [[F(float(v)) for v in row] for row in np.asarray(rep, np.float64)]
   codes = np.asarray(rep.codes, np.int64)
-  scale = np.broadcast_to(np.asarray(rep.scale, np.float64).reshape(-1, 1), (codes.shape[0], 1))
-  off = fractions.Fraction(float(np.asarray(rep.offset)))
-  return [[off + fractions.Fraction(float(scale[r, 0])) * int(c) for c in row] for r, row in enumerate(codes)]
+  scale = _scales64(rep)
+  off = F(float(np.asarray(rep.offset)))
+  return [[off + F(float(scale[r, 0])) * int(c) for c in row] for r, row in enumerate(codes)]
 
 
-def dyadic_scores(user_rep, item_rep) -> np.ndarray:
-  """float64 <x^_u, x^_i>; exact when scales and offsets are short dyadic numbers (as the tests pick)."""
-  deq = lambda r: np.asarray(r.offset, np.float64) + np.asarray(r.scale, np.float64) * np.asarray(r.codes, np.float64) \
-      if isinstance(r, QuantizedMatrix) else np.asarray(r, np.float64)
-  return deq(user_rep) @ deq(item_rep).T
+def order(scores_row) -> list[int]:
+  """Item ids by (score desc, id asc): the ranking every search must reproduce."""
+  return sorted(range(len(scores_row)), key=lambda i: (-scores_row[i], i))
+
+
+def key_order(keys_row: np.ndarray) -> list[int]:
+  """Item ids by lexicographic key words (I, W) desc, then id asc (for `scoring.ranking_scores`)."""
+  cols = [np.arange(keys_row.shape[0])] + [-keys_row[:, j] for j in reversed(range(keys_row.shape[1]))]
+  return np.lexsort(tuple(cols)).tolist()
 
 
 def ranked(scores: np.ndarray, k: int, excluded=()) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Low-bit quantization of embedding matrices, its gradient estimators and curvature (HQ-GNN).
 
-* `quantizer`: pure quantize / dequantize for b = 1, 2, 3, 4, 8 and the `QuantizedMatrix` pytree.
+* `quantizer`: pure quantize / dequantize for b = 1, 2, 3, 4, 8 and the representations: `QuantizedMatrix`
+  (per-row 1-bit scales as float32 or 8-bit `ScaleCodes`) and layer-wise `LayeredQuantized`.
 * `estimators`: `fake_quant` (forward = the quantizer, backward = STE or GSTE) as `jax.custom_vjp`s.
 * `curvature`: Hessian-vector products, Hutchinson trace / diagonal, and the GSTE's delta.
 * `module`: `EmbeddingQuantizer`, the Flax NNX holder of the user and item quantizer parameters.
@@ -32,7 +33,13 @@ from hq_jax.quant.module import EmbeddingQuantizer
 from hq_jax.quant.module import MatrixQuantizer
 from hq_jax.quant.module import QuantizerConfig
 from hq_jax.quant.module import QuantParam
+from hq_jax.quant.quantizer import bits_per_node
 from hq_jax.quant.quantizer import dequantize
+from hq_jax.quant.quantizer import layer_weights
+from hq_jax.quant.quantizer import LayeredQuantized
 from hq_jax.quant.quantizer import quantize
+from hq_jax.quant.quantizer import quantize_layers
+from hq_jax.quant.quantizer import quantize_scales
 from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.quant.quantizer import ScaleCodes
 from hq_jax.quant.quantizer import SUPPORTED_BITS

@@ -1,23 +1,27 @@
-"""Retrieval from quantized embeddings: packing, integer scoring, blocked top-K, index, sharded search.
+"""Retrieval from quantized embeddings: packing, exact integer ranking keys, blocked top-K, index, sharded
+search.
 
 Typical use:
+  from hq_jax.export import load_export
   user_rep, item_rep = load_export("runs/x/export.npz")
   scores, items = topk(user_rep, item_rep, data.train.indptr, data.train.indices, users, k=20)
 """
 
-from hq_jax.retrieval.export import load_export
-from hq_jax.retrieval.index import QuantizedIndex
+from hq_jax.retrieval.index import PackedLayer, QuantizedIndex
 from hq_jax.retrieval.packing import pack_codes, packed_nbytes, unpack_codes, words_per_row
-from hq_jax.retrieval.scoring import ItemTable, dequantized_scores, prepare_items, prepare_users, ranking_scores
+from hq_jax.retrieval.scoring import (ItemTable, KeySpec, UserRows, dequantized_scores, prepare_items, prepare_users,
+                                      ranking_scores)
 from hq_jax.retrieval.sharded import item_mesh, sharded_topk
 from hq_jax.retrieval.topk import search_prepared, topk
 
 __all__ = [
     "ItemTable",
+    "KeySpec",
+    "PackedLayer",
     "QuantizedIndex",
+    "UserRows",
     "dequantized_scores",
     "item_mesh",
-    "load_export",
     "pack_codes",
     "packed_nbytes",
     "prepare_items",

@@ -17,21 +17,40 @@ import jax.numpy as jnp
 import numpy as np
 
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import quantize
+from hq_jax.quant import quantizer
 from hq_jax.retrieval import scoring
 from hq_jax.retrieval.topk import exclusion_pairs, pad_table, search_blocks, search_prepared
 
-JAX_METHODS = {  # name -> (bits, scoring method)
-    "float32": (0, "float"),
-    "1bit_xor_popcount": (1, "hamming"),
-    "1bit_sign_matmul": (1, "sign_matmul"),
-    "1bit_sign_int8": (1, "int8"),
-    "2bit_int_matmul": (2, "int_matmul"),
-    "4bit_int_matmul": (4, "int_matmul"),
-    "4bit_int8": (4, "int8"),
-    "8bit_int_matmul": (8, "int_matmul"),
-    "8bit_int8": (8, "int8"),
+JAX_METHODS = {  # name -> (bits, scoring method, representation: see `representations`)
+    "float32": (0, "float", "float"),
+    "1bit_xor_popcount": (1, "hamming", "matrix"),
+    "1bit_sign_matmul": (1, "sign_matmul", "matrix"),
+    "1bit_sign_int8": (1, "int8", "matrix"),
+    "1bit_row32_xor_popcount": (1, "hamming", "row32"),
+    "1bit_row8_xor_popcount": (1, "hamming", "row8"),
+    "1bit_4layers_row8": (1, "hamming", "layers4_row8"),
+    "2bit_int_matmul": (2, "int_matmul", "matrix"),
+    "4bit_int_matmul": (4, "int_matmul", "matrix"),
+    "4bit_int8": (4, "int8", "matrix"),
+    "8bit_int_matmul": (8, "int_matmul", "matrix"),
+    "8bit_int8": (8, "int8", "matrix"),
 }
+EXPORT_METHOD = "export"  # the export's own codes (a quantized --export), method "auto"
+
+
+def representations(x: np.ndarray, bits: int, form: str):
+  """What a method searches, from float embeddings x: "float" (x itself), "matrix" (one scale / range per
+  matrix), "row32" / "row8" (1 bit, per-row scales as float32 / `ScaleCodes`), "layers4_row8" (the columns
+  split into 4 equal layers, each 1 bit with 8-bit row scales, mean weights)."""
+  if form == "float":
+    return x
+  if form == "matrix":
+    return quantizer.quantize(x, bits)
+  if form in ("row32", "row8"):
+    return quantizer.quantize(x, bits, scale=quantizer.sign_scale(x, "row"), scale_bits=8 if form == "row8" else 32)
+  if form == "layers4_row8":
+    return quantizer.quantize_layers(np.array_split(x, 4, axis=1), bits, scale_mode="row", scale_bits=8)
+  raise ValueError(form)
 FAISS_METHODS = ("faiss_flat_ip", "faiss_binary_flat", "faiss_sq8", "faiss_sq4")
 
 
@@ -98,16 +117,21 @@ class Workload:
   indptr: np.ndarray  # exclusions CSR over all users
   indices: np.ndarray
   k: int
+  user_rep: object = None  # a quantized export's own representations (method "export")
+  item_rep: object = None
 
 
 def run_jax_method(w: Workload, name: str, *, batch_users: int, block_items: int, repeats: int,
                    bandwidth: float) -> dict:
-  bits, method = JAX_METHODS[name]
-  ur = quantize(w.user_emb, bits) if bits else w.user_emb
-  ir = quantize(w.item_emb, bits) if bits else w.item_emb
+  if name == EXPORT_METHOD:
+    ur, ir, method = w.user_rep, w.item_rep, "auto"
+    bits = scoring.rep_bits(ur)
+  else:
+    bits, method, form = JAX_METHODS[name]
+    ur, ir = representations(w.user_emb, bits, form), representations(w.item_emb, bits, form)
   t0 = time.perf_counter()
   table = scoring.prepare_items(ir, ur, method)
-  prepared = scoring.prepare_users(ur, method)
+  prepared = scoring.prepare_users(ur, table)
   blocked, block = pad_table(table, block_items)
   jax.block_until_ready((blocked, prepared))
   prepare_s = time.perf_counter() - t0
@@ -118,7 +142,8 @@ def run_jax_method(w: Workload, name: str, *, batch_users: int, block_items: int
   batches = -(-nq // min(batch_users, nq))
   read = batches * table_nbytes(table)
   t = run["median_s"]
-  return {"method": name, "bits": bits, "kind": table.kind, "exact_key": table.exact, "prepare_s": prepare_s,
+  return {"method": name, "bits": bits, "kind": table.kind, "key_tier": table.spec.tier,
+          "key_words": table.words, "prepare_s": prepare_s,
           "compile_s": compile_s, "first_run_excess_s": run["first_run_excess_s"], "median_s": t,
           "times_s": run["times_s"], "queries_per_s": nq / t,
           "items_scored_per_s": nq * ni / t, "code_bytes": table_nbytes(table), "bytes_read_per_s": read / t,

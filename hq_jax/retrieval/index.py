@@ -1,12 +1,19 @@
 """`QuantizedIndex`: the items of a training export, packed, with a checksummed file format.
 
-What it stores is exactly what a search needs to read: the packed item codes (uint32 words, see
-`packing`) and the item scale and offset. `nbytes` is that byte count; the file adds a small header.
+What it stores is exactly what a search needs to read: per layer (one for a `QuantizedMatrix`, K + 1 for
+`LayeredQuantized` codes) the packed item codes (uint32 words, see `packing`), the item scale (float32, or
+the uint8 codes, minimum and step of `ScaleCodes`) and the item offset, plus the layer weights. `nbytes` is
+that byte count; the file adds a small header.
 
 File format (little-endian, no pickle):
-  magic b"HQJAXIDX" | version u32 | header length u32 | header (UTF-8 JSON: bits, dim, num_items, and for
-  each array its dtype, shape, byte offset and length in the payload) | payload (the raw arrays, in header
-  order) | SHA-256 of everything before it (32 bytes).
+  magic b"HQJAXIDX" | version u32 | header length u32 | header (UTF-8 JSON) | payload (the raw arrays, in
+  header order) | SHA-256 of everything before it (32 bytes).
+  Version 2 header: {"num_items": n, "weights": [w_0, ...] or null (one matrix), "layers": [{"bits", "dim",
+  "arrays": {name: {"dtype", "shape", "offset", "nbytes"}}}, ...]}; each layer's arrays are `words`
+  (<u4), `offset` (<f4), and `scale` (<f4) or `scale_codes` (|u1), `scale_min` and `scale_step` (<f4);
+  array offsets count from the start of the payload.
+  Version 1 (still read): {"bits", "dim", "num_items", "arrays": {"words", "scale", "offset"}}, one matrix
+  (its scalars were stored with shape (1,)).
 A file whose digest does not match, or that is truncated or malformed, raises a `UserError` naming it.
 """
 
@@ -19,73 +26,132 @@ import struct
 import jax.numpy as jnp
 import numpy as np
 
+from hq_jax import export as export_lib
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import QuantizedMatrix
-from hq_jax.retrieval import export as export_lib
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, ScaleCodes
 from hq_jax.retrieval import packing
 
 MAGIC = b"HQJAXIDX"
-VERSION = 1
-_ARRAYS = ("words", "scale", "offset")
-_DTYPES = {"words": "<u4", "scale": "<f4", "offset": "<f4"}
+VERSION = 2
+_SCALARS = ("offset", "scale", "scale_min", "scale_step")
+_DTYPES = {"words": "<u4", "scale": "<f4", "offset": "<f4", "scale_codes": "|u1", "scale_min": "<f4",
+           "scale_step": "<f4"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedLayer:
+  """Packed codes of one item matrix.
+
+  Invariant: `unpack_codes(words, bits, dim)` are the codes and `offset + scale * codes` the dequantized
+  rows, as in `QuantizedMatrix` (scale: `scale`, or `scale_min + scale_step * scale_codes`).
+  """
+
+  words: np.ndarray  # (num_items, words_per_row(dim, bits)) uint32
+  offset: np.ndarray  # () float32
+  bits: int
+  dim: int
+  scale: np.ndarray | None = None  # () or (num_items, 1) float32
+  scale_codes: np.ndarray | None = None  # (num_items, 1) uint8
+  scale_min: np.ndarray | None = None  # () float32
+  scale_step: np.ndarray | None = None  # () float32
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    names = ("words", "offset") + (("scale",) if self.scale is not None else
+                                   ("scale_codes", "scale_min", "scale_step"))
+    return {name: getattr(self, name) for name in names}
+
+  @property
+  def nbytes(self) -> int:
+    return int(sum(a.nbytes for a in self.arrays().values()))
+
+  @classmethod
+  def from_matrix(cls, qm: QuantizedMatrix) -> "PackedLayer":
+    words = np.asarray(packing.pack_codes(jnp.asarray(qm.codes), qm.bits))
+    common = dict(words=words, offset=np.asarray(qm.offset, np.float32), bits=qm.bits, dim=int(qm.codes.shape[1]))
+    if isinstance(qm.scale, ScaleCodes):
+      return cls(**common, scale_codes=np.asarray(qm.scale.codes, np.uint8),
+                 scale_min=np.asarray(qm.scale.minimum, np.float32), scale_step=np.asarray(qm.scale.step, np.float32))
+    return cls(**common, scale=np.asarray(qm.scale, np.float32))
+
+  def to_matrix(self) -> QuantizedMatrix:
+    codes = packing.unpack_codes(jnp.asarray(self.words), self.bits, self.dim)
+    if self.scale is not None:
+      scale = jnp.asarray(self.scale)
+    else:
+      scale = ScaleCodes(codes=jnp.asarray(self.scale_codes), minimum=jnp.asarray(self.scale_min),
+                         step=jnp.asarray(self.scale_step))
+    return QuantizedMatrix(codes=codes, scale=scale, offset=jnp.asarray(self.offset), bits=self.bits)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedIndex:
-  """Packed item codes of one quantized item matrix.
+  """Packed item codes of one quantized item representation: one `PackedLayer`, or several with weights."""
 
-  Invariant: `unpack_codes(words, bits, dim)` are the item codes and `offset + scale * codes` the
-  dequantized items, as in `QuantizedMatrix`.
-  """
-
-  words: np.ndarray  # (num_items, words_per_row(dim, bits)) uint32
-  scale: np.ndarray  # () or (num_items, 1) float32
-  offset: np.ndarray  # () float32
-  bits: int
-  dim: int
+  layers: tuple[PackedLayer, ...]
+  weights: tuple[float, ...] | None = None  # None: a single QuantizedMatrix
 
   @property
   def num_items(self) -> int:
-    return int(self.words.shape[0])
+    return int(self.layers[0].words.shape[0])
 
   @property
   def nbytes(self) -> int:
-    """Exact bytes stored: packed codes plus the float32 scale and offset."""
-    return int(self.words.nbytes + self.scale.nbytes + self.offset.nbytes)
+    """Exact bytes stored: packed codes plus the scales and offsets of every layer."""
+    return sum(layer.nbytes for layer in self.layers)
+
+  # One-matrix shorthands.
+  def _single(self) -> PackedLayer:
+    if self.weights is not None:
+      raise AttributeError("a layer-wise index has one PackedLayer per layer: use .layers")
+    return self.layers[0]
+
+  words = property(lambda self: self._single().words)
+  scale = property(lambda self: self._single().scale)
+  offset = property(lambda self: self._single().offset)
+  bits = property(lambda self: self._single().bits)
+  dim = property(lambda self: self._single().dim)
 
   @classmethod
-  def from_matrix(cls, qm: QuantizedMatrix) -> "QuantizedIndex":
-    words = np.asarray(packing.pack_codes(jnp.asarray(qm.codes), qm.bits))
-    return cls(words=words, scale=np.asarray(qm.scale, np.float32), offset=np.asarray(qm.offset, np.float32),
-               bits=qm.bits, dim=int(qm.codes.shape[1]))
+  def from_rep(cls, rep: QuantizedMatrix | LayeredQuantized) -> "QuantizedIndex":
+    if isinstance(rep, LayeredQuantized):
+      return cls(layers=tuple(PackedLayer.from_matrix(q) for q in rep.layers), weights=tuple(rep.weights))
+    return cls(layers=(PackedLayer.from_matrix(rep),))
+
+  from_matrix = from_rep
 
   @classmethod
   def from_export(cls, path: str) -> "QuantizedIndex":
-    """Indexes the item side of a quantized training export."""
+    """Indexes the item side of a quantized training export (`hq_jax.export.load_export`)."""
     _, items = export_lib.load_export(path)
-    if not isinstance(items, QuantizedMatrix):
-      raise UserError(f"{path}: a full-precision export has no codes to index (expected key 'bits')")
-    return cls.from_matrix(items)
+    if not isinstance(items, (QuantizedMatrix, LayeredQuantized)):
+      raise UserError(f"{path}: a full-precision export has no codes to index (expected key 'bits' or 'layers')")
+    return cls.from_rep(items)
 
-  def to_matrix(self) -> QuantizedMatrix:
-    codes = packing.unpack_codes(jnp.asarray(self.words), self.bits, self.dim)
-    return QuantizedMatrix(codes=codes, scale=jnp.asarray(self.scale), offset=jnp.asarray(self.offset),
-                           bits=self.bits)
+  def to_rep(self) -> QuantizedMatrix | LayeredQuantized:
+    """The item representation, ready for `hq_jax.retrieval.topk` (ranked from its integer codes)."""
+    if self.weights is None:
+      return self.layers[0].to_matrix()
+    return LayeredQuantized(layers=tuple(layer.to_matrix() for layer in self.layers), weights=self.weights)
+
+  to_matrix = to_rep
 
   # --------------------------------------------------------------------------------------------------------
   # Files
   # --------------------------------------------------------------------------------------------------------
 
   def to_bytes(self) -> bytes:
-    arrays, entries, pos = [], {}, 0
-    for name in _ARRAYS:
-      a = np.ascontiguousarray(getattr(self, name), dtype=_DTYPES[name])
-      entries[name] = {"dtype": _DTYPES[name], "shape": list(a.shape), "offset": pos, "nbytes": a.nbytes}
-      arrays.append(a.tobytes())
-      pos += a.nbytes
-    header = json.dumps({"bits": self.bits, "dim": self.dim, "num_items": self.num_items,
-                         "arrays": entries}, sort_keys=True).encode()
-    body = MAGIC + struct.pack("<II", VERSION, len(header)) + header + b"".join(arrays)
+    chunks, pos, layers = [], 0, []
+    for layer in self.layers:
+      entries = {}
+      for name, value in layer.arrays().items():
+        a = np.asarray(value, dtype=_DTYPES[name])  # not ascontiguousarray: it turns scalars into (1,)
+        entries[name] = {"dtype": _DTYPES[name], "shape": list(a.shape), "offset": pos, "nbytes": a.nbytes}
+        chunks.append(a.tobytes())
+        pos += a.nbytes
+      layers.append({"bits": layer.bits, "dim": layer.dim, "arrays": entries})
+    header = json.dumps({"num_items": self.num_items, "layers": layers,
+                         "weights": None if self.weights is None else list(self.weights)}, sort_keys=True).encode()
+    body = MAGIC + struct.pack("<II", VERSION, len(header)) + header + b"".join(chunks)
     return body + hashlib.sha256(body).digest()
 
   def save(self, path: str) -> int:
@@ -106,23 +172,34 @@ class QuantizedIndex:
     if hashlib.sha256(body).digest() != digest:
       raise UserError(f"{where}: checksum mismatch: the index file is damaged")
     version, header_len = struct.unpack("<II", data[len(MAGIC):fixed])
-    if version != VERSION:
-      raise UserError(f"{where}: index format version {version} is not supported (expected {VERSION})")
+    if version not in (1, VERSION):
+      raise UserError(f"{where}: index format version {version} is not supported (expected 1 or {VERSION})")
     try:
       header = json.loads(body[fixed:fixed + header_len].decode())
       payload = body[fixed + header_len:]
-      out = {}
-      for name in _ARRAYS:
-        e = header["arrays"][name]
-        if e["dtype"] != _DTYPES[name] or e["offset"] + e["nbytes"] > len(payload):
-          raise ValueError(f"array {name} out of bounds or of the wrong type")
-        out[name] = np.frombuffer(payload, _DTYPES[name], count=int(np.prod(e["shape"], dtype=np.int64)),
-                                  offset=e["offset"]).reshape(e["shape"]).copy()
-      index = cls(bits=int(header["bits"]), dim=int(header["dim"]), **out)
+      if version == 1:
+        header = {"num_items": header["num_items"], "weights": None,
+                  "layers": [{"bits": header["bits"], "dim": header["dim"], "arrays": header["arrays"]}]}
+      layers = []
+      for entry in header["layers"]:
+        arrays = {}
+        for name, e in entry["arrays"].items():
+          if name not in _DTYPES or e["dtype"] != _DTYPES[name] or e["offset"] + e["nbytes"] > len(payload):
+            raise ValueError(f"array {name} out of bounds or of the wrong type")
+          arrays[name] = np.frombuffer(payload, _DTYPES[name], count=int(np.prod(e["shape"], dtype=np.int64)),
+                                       offset=e["offset"]).reshape(e["shape"]).copy()
+          if name in _SCALARS and arrays[name].shape == (1,):  # version 1 stored scalars as (1,)
+            arrays[name] = arrays[name].reshape(())
+        if ("scale" in arrays) == ("scale_codes" in arrays):
+          raise ValueError("a layer needs either 'scale' or 'scale_codes', 'scale_min' and 'scale_step'")
+        layers.append(PackedLayer(bits=int(entry["bits"]), dim=int(entry["dim"]), **arrays))
+      weights = header["weights"]
+      index = cls(layers=tuple(layers), weights=None if weights is None else tuple(float(w) for w in weights))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
       raise UserError(f"{where}: malformed index header ({e})") from None
-    if index.words.shape != (int(header["num_items"]), packing.words_per_row(index.dim, index.bits)):
-      raise UserError(f"{where}: packed codes of shape {index.words.shape} do not match the header")
+    for layer in index.layers:
+      if layer.words.shape != (int(header["num_items"]), packing.words_per_row(layer.dim, layer.bits)):
+        raise UserError(f"{where}: packed codes of shape {layer.words.shape} do not match the header")
     return index
 
   @classmethod

@@ -16,13 +16,13 @@ All functions are pure jnp functions (jit-able; `bits` and `dim` are static).
 import jax
 import jax.numpy as jnp
 
-PACKABLE_BITS = (1, 2, 3, 4, 8)
+from hq_jax.quant.quantizer import SUPPORTED_BITS
 
 
 def field_bits(bits: int) -> int:
   """Width of the field that holds one code: b rounded up to a power of two (1, 2, 4 or 8)."""
-  if bits not in PACKABLE_BITS:
-    raise ValueError(f"cannot pack {bits}-bit codes (supported: {PACKABLE_BITS})")
+  if bits not in SUPPORTED_BITS:
+    raise ValueError(f"cannot pack {bits}-bit codes (supported: {SUPPORTED_BITS})")
   return 1 << (bits - 1).bit_length()
 
 

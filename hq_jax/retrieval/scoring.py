@@ -1,41 +1,54 @@
-"""Ranking keys for retrieval: float, 1-bit Hamming and b-bit integer inner products.
+"""Ranking keys for retrieval: exact integer keys from the codes of every quantized representation (ours).
 
-Retrieval only needs, for each user, the *order* of the dequantized inner products <x^_u, x^_i> over items
-(ties broken by the lower item id). This module turns a (user rep, item rep) pair into a ranking key per
-(user, item) whose order provably equals that order, using integer arithmetic on the codes where possible.
-"Exact" below means: equal to the order of the real-valued (infinitely precise) inner products of the
-dequantized rows `offset + scale * codes`, ties by item id.
+Retrieval only needs, for each user, the *order* of the dequantized scores over items, ties broken by the
+lower item id. This module turns a (user rep, item rep) pair into a ranking key per (user, item) whose order
+provably equals that order. "Exact" means: equal to the order of the real-valued (infinitely precise)
+scores of the dequantized representations as stored, for every supported width (1, 2, 3, 4, 8 bits), every
+dimension d and every scale, with no float rounding anywhere in the comparison.
 
-Every key is a float32 that holds an integer below 2^24 (so it is exact, and `lax.top_k`'s fast float path
-applies) except where noted. The key is `(raw + a_i) * m_i + b_i` with per-item vectors a, m, b (each
-optional) and `raw` one of:
+The score. One `QuantizedMatrix` is the one-layer case (K = 0, w_0 = 1) of `LayeredQuantized`:
+  score(u, i) = sum_k w_k <o_uk + s_uk c_uk, o_ik + s_ik c_ik>.
+For b >= 2 the codes are centred, c' = c - z with z = 2^(b-1) (so |c'| <= 2^(b-1) and 8-bit codes fit int8),
+and o' = o + s z; for 1 bit z = 0 and o = 0. Expanding, with P_k = <c'_uk, c'_ik> and S_ik = sum_j c'_ikj,
+  score(u, i) = sum_k w_k s_uk s_ik P_k + sum_k w_k o'_uk s_ik S_ik + (terms without i).
+The last terms are the same for every item of a user (o'_ik is one number per matrix; b >= 2 scales and
+offsets are per matrix), so they drop. What is left is turned into integers on the host, exactly:
+  * every stored scale is a positive float32, i.e. an integer G times a power of two; per matrix, all its
+    scales are G_r 2^E with one exponent E (`_exact_scale_ints`). For `ScaleCodes` G = base + code.
+  * the weights are rationals W_k / D (`quantizer.exact_weights`).
+  * multiplying the score by D 2^-E* (E* = min_k (E_uk + E_ik); a positive constant, so the order stays):
+      key(u, i) = sum_k c_k alpha_k(u) beta_k(i) P_k(u, i) + T(i),
+    with the integer layer constant c_k = W_k 2^(E_uk + E_ik - E*) (times the G of per-matrix scales), the
+    integer per-row multipliers alpha_k(u) = G_uk(u), beta_k(i) = G_ik(i) (absent for per-matrix scales;
+    for K = 0 the user's factor is a positive per-user constant and drops as well), and the rational item
+    term T(i) = sum_k W_k 2^-E* o'_uk s_ik S_ik (b >= 2 layers only). All c_k are divided by their gcd (and
+    T by the same number).
+  * T(i) = n_i + f_i with the integer n_i = floor(T(i)) and f_i in [0, 1), computed with Python integers.
+    For equal integer parts the larger f_i wins, and f_i depends on the item only: the item table is stored
+    in the order (f_i descending, id ascending), so "ties to the lower row" inside the search is exactly
+    "larger f_i, then lower id". The search runs on rows and maps them back to ids (`ItemTable.ids`).
+  So the key is the integer sum_k c_k alpha_k beta_k P_k + (n_i - min n) and the table order breaks its
+  ties: every comparison is an integer comparison.
 
-* float reps: `raw = <x_u, x_i>` in float32 (the float reference path, as exact as float32 matmul is);
-* 1 bit (`hamming`): `raw = d - 2 * popcount(pack(q_u) XOR pack(q_i))` = <q_u, q_i>, an int32 computed from
-  packed uint32 words only; or `sign_matmul`: the same integer as a float32 matmul of the +-1 codes (exact:
-  |raw| <= d), or as an int8 x int8 -> int32 dot of the +-1 codes (`int8`). With one item scale the scale
-  factors out (x^_u . x^_i = s_u s_i raw, s_u s_i > 0): exact.
-  With per-row item scales, m_i = s_i and the key `s_i * raw` is rounded to float32: the order is never
-  inverted (rounding is monotone) but two items whose exact scores are within one float32 rounding
-  (2^-24 relative) may tie and then be ordered by id.
-* b >= 2 (`affine`): with per-matrix scalars (o_u, s_u), (o_i, s_i) and codes c_u, c_i,
-    <x^_u, x^_i> = s_u s_i (<c_u, c_i> + r S_i) + (terms constant per user),  r = o_u / s_u,
-  S_i = sum(c_i). s_u s_i > 0, so the order is that of P + r S_i with the integer P = <c_u, c_i>.
-  r S_i is split exactly on the host (rational arithmetic on the float32 values): r S_i = n_i + f_i with
-  the integer n_i = floor(r S_i) and f_i in [0, 1). Because f_i < 1 the order of P + r S_i is the
-  lexicographic order of (P + n_i, f_i), and since f_i depends on the item only, f_i can be replaced by its
-  dense rank rho_i among items (0 <= rho_i < R). The key is R * (P + n_i) + rho_i: exact whenever it stays
-  below 2^24 in magnitude (checked from the actual codes; true for 2 bits and usually for 3-4 bits at
-  d = 64). Otherwise (typically 8 bits) the key falls back to `(P + n_i) + f_i` in float32, which can tie
-  items whose exact scores differ by less than one float32 rounding of the key; `ItemTable.exact` says
-  which case applies.
-  P is computed either from the codes as a float32 matmul (exact: |P| <= d (2^b-1)^2 < 2^24) or as an int8
-  x int8 -> int32 `dot_general` (`int8` method; 8-bit codes are centred by 128 to fit int8 and the
-  per-item term absorbs the shift).
+Computing the integer key exactly, by its bound M (all factors' maxima, known on the host; `KeySpec`):
+  * P_k: 1 bit: packed XOR + popcount (`hamming`, int32), or a float32 matmul of the +-1 codes
+    (`sign_matmul`, exact: |P| <= d < 2^24), or int8 x int8 -> int32 (`int8`). b >= 2: a float32 matmul of the
+    centred codes while d 4^(b-1) < 2^24 (one matmul is exact: every partial sum is an integer below 2^24),
+    otherwise (`auto`) int8 x int8 -> int32 `dot_general` (exact: |P| <= d 2^14 < 2^31; measured faster than
+    chunked float32 matmuls on XLA:CPU at d >= 128), or `int_matmul` in float32 chunks of
+    floor((2^24 - 1) / 4^(b-1)) dimensions summed in int32. The choice is static per (bits, d).
+  * M < 2^24 and float P: the key is computed in float32 (`f32`; every intermediate is an integer < 2^24).
+  * M < 2^31 - 2^24: int32 (`i32`), mapped to float32 for `lax.top_k` by `limbs.encode_int32`, which keeps the
+    order.
+  * otherwise: radix-2^12 limbs in int32 (`limbs`), compared as several 24-bit words, lexicographically.
+The search (`topk`) compares keys word by word. `float` embeddings (and `method="float"` on quantized reps,
+which scores the float32 dequantized rows) use the float32 inner product itself: as exact as float32
+matmul is, not more.
 """
 
 import dataclasses
 import fractions
+import math
 from typing import Literal
 
 import jax
@@ -43,55 +56,151 @@ import jax.numpy as jnp
 import numpy as np
 
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import QuantizedMatrix
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, exact_weights
+from hq_jax.retrieval import limbs as limbs_lib
 from hq_jax.retrieval import packing
 
 Method = Literal["auto", "float", "hamming", "sign_matmul", "int_matmul", "int8"]
-_EXACT_LIMIT = 1 << 24  # integers below this are exact in float32
-Rep = jax.Array | np.ndarray | QuantizedMatrix
+METHODS = ("auto", "float", "hamming", "sign_matmul", "int_matmul", "int8")
+F32_EXACT = 1 << 24  # integers below this are exact in float32
+Rep = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Static description of a key
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """How one layer's term c alpha beta P of the key is computed (all static)."""
+
+  kind: str  # raw inner product: 'hamming', 'sign_matmul', 'matmul', 'int8' or 'float'
+  dim: int
+  bits: int  # 0 for float
+  raw_bound: int  # max |P|
+  chunk: int  # 'matmul': dimensions per float32 matmul that is summed exactly (== dim: one matmul)
+  coef: int = 1  # c_k
+  alpha_bound: int = 0  # max alpha_k(u); 0: no per-user multiplier
+  beta_bound: int = 0  # max beta_k(i); 0: no per-item multiplier
+  user_exp: int = 0  # alpha_k(u) = scale_u / 2^user_exp / user_div
+  user_div: int = 1
+
+  @property
+  def raw_is_int(self) -> bool:
+    """Whether `raw_scores` returns int32 (else float32)."""
+    return self.kind in ("hamming", "int8") or (self.kind == "matmul" and self.chunk < self.dim)
+
+  @property
+  def term_bound(self) -> int:
+    return self.coef * max(self.alpha_bound, 1) * max(self.beta_bound, 1) * self.raw_bound
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySpec:
+  """The static half of an item table: per-layer terms, the arithmetic tier and the key's bound."""
+
+  layers: tuple[LayerSpec, ...]
+  tier: str  # 'float' (float32 inner products), 'f32', 'i32' or 'limbs'
+  bound: int = 0  # max |key| (integer tiers)
+  shift_bound: int = 0  # max n_i - min n (0: no item term)
+  words: int = 1  # words per key ('limbs': 24-bit words)
+
+  @property
+  def kind(self) -> str:
+    """The raw kind of a one-layer key ('mixed' for several layers)."""
+    return self.layers[0].kind if len(self.layers) == 1 else "mixed"
+
+
+def _choose_tier(layers: tuple[LayerSpec, ...], shift_bound: int) -> KeySpec:
+  bound = sum(l.term_bound for l in layers) + shift_bound
+  if all(l.kind == "float" for l in layers):
+    return KeySpec(layers=layers, tier="float")
+  any_int = any(l.raw_is_int for l in layers)
+  if bound < F32_EXACT and not any_int:
+    return KeySpec(layers=layers, tier="f32", bound=bound, shift_bound=shift_bound)
+  if bound < limbs_lib.ENCODABLE:
+    return KeySpec(layers=layers, tier="i32", bound=bound, shift_bound=shift_bound)
+  return KeySpec(layers=layers, tier="limbs", bound=bound, shift_bound=shift_bound,
+                 words=limbs_lib.words_needed(bound))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prepared items and users (pytrees)
+# ----------------------------------------------------------------------------------------------------------
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ItemTable:
-  """Items prepared for scoring: `data` rows plus the per-item key terms a, m, b (None = absent).
+  """Items prepared for scoring, one row per item, rows in the order the search ties by.
 
-  `kind` (static) picks the raw score: "float" (float32 matmul), "hamming" (packed uint32 XOR +
-  popcount), "matmul" (float32 matmul of integer codes, exact), "int8" (int8 dot, int32 accumulation).
+  Leaves (all with the rows first): `data[k]` layer k's rows in its kind's layout (uint32 packed words,
+  float32 centred codes, int8 centred codes or float32 embeddings); `beta[k]` its per-item multiplier
+  ((I,) f32 / i32, or (I, limbs) int32; None: none); `shift` the integer item term n_i - min n (same
+  layouts); `ids` the item id of each row (None: row r is item r).
   """
 
-  data: jax.Array  # (I, D) float32 / uint32 words / int8
-  a: jax.Array | None  # (I,) float32, added to raw
-  m: jax.Array | None  # (I,) float32, multiplies
-  b: jax.Array | None  # (I,) float32, added last
-  kind: str = dataclasses.field(metadata=dict(static=True))
-  dim: int = dataclasses.field(metadata=dict(static=True))
-  exact: bool = dataclasses.field(metadata=dict(static=True), default=True)
+  data: tuple[jax.Array, ...]
+  beta: tuple[jax.Array | None, ...]
+  shift: jax.Array | None
+  ids: jax.Array | None
+  spec: KeySpec = dataclasses.field(metadata=dict(static=True))
 
   @property
   def num_items(self) -> int:
-    return int(self.data.shape[0])
+    return int(self.data[0].shape[0])
+
+  @property
+  def kind(self) -> str:
+    return self.spec.kind
+
+  @property
+  def words(self) -> int:
+    return self.spec.words
 
   def slice(self, start: int, stop: int) -> "ItemTable":
-    cut = lambda v: None if v is None else v[start:stop]
-    return dataclasses.replace(self, data=self.data[start:stop], a=cut(self.a), m=cut(self.m), b=cut(self.b))
+    return jax.tree.map(lambda v: v[start:stop], self)
 
   def pad_to(self, n: int) -> "ItemTable":
     """Pads to n rows (padding rows are masked out by the caller)."""
     extra = n - self.num_items
     if extra <= 0:
       return self
-    pad = lambda v: None if v is None else jnp.pad(v, [(0, extra)] + [(0, 0)] * (v.ndim - 1))
-    return dataclasses.replace(self, data=pad(self.data), a=pad(self.a), m=pad(self.m), b=pad(self.b))
+    return jax.tree.map(lambda v: jnp.pad(v, [(0, extra)] + [(0, 0)] * (v.ndim - 1)), self)
 
 
-def raw_scores(kind: str, dim: int, users: jax.Array, items: jax.Array) -> jax.Array:
-  """(B, I) raw scores: int32 for "hamming", float32 (integer valued for the integer kinds) otherwise.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class UserRows:
+  """Users prepared for scoring: `data[k]` in layer k's layout and `alpha[k]` ((B,) or (B, limbs) or None)."""
+
+  data: tuple[jax.Array, ...]
+  alpha: tuple[jax.Array | None, ...]
+
+  def __getitem__(self, index) -> "UserRows":
+    return jax.tree.map(lambda v: v[index], self)
+
+  @property
+  def num_rows(self) -> int:
+    return int(self.data[0].shape[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Raw inner products and keys (jit-able)
+# ----------------------------------------------------------------------------------------------------------
+
+_DN = (((1,), (1,)), ((), ()))
+
+
+def raw_scores(layer: LayerSpec, users: jax.Array, items: jax.Array) -> jax.Array:
+  """(B, I) raw inner products P of one layer: int32 when `layer.raw_is_int`, else float32 (exact integers
+  for the code kinds).
 
   The Hamming scores stay int32 on purpose: on XLA:CPU a float conversion inside the fused
   XOR/popcount/max loop stops its vectorisation (measured 10x slower).
   """
-  if kind == "hamming":
+  if layer.kind == "hamming":
     # Word by word over (words, I) rows so XLA fuses XOR, popcount and the sum without a (B, I, words)
     # intermediate.
     items_t = items.T
@@ -99,188 +208,413 @@ def raw_scores(kind: str, dim: int, users: jax.Array, items: jax.Array) -> jax.A
     for w in range(users.shape[1]):
       h = jax.lax.population_count(users[:, w, None] ^ items_t[None, w, :]).astype(jnp.int32)
       ham = h if ham is None else ham + h
-    return dim - 2 * ham
-  if kind == "int8":
-    p = jax.lax.dot_general(users, items, (((1,), (1,)), ((), ())), preferred_element_type=jnp.int32)
-    return p.astype(jnp.float32)
-  if kind in ("float", "matmul"):
-    return jax.lax.dot_general(users, items, (((1,), (1,)), ((), ())),
+    return layer.dim - 2 * ham
+  if layer.kind == "int8":
+    return jax.lax.dot_general(users, items, _DN, preferred_element_type=jnp.int32)
+  if layer.kind in ("float", "sign_matmul") or layer.chunk >= layer.dim:
+    return jax.lax.dot_general(users, items, _DN, precision=jax.lax.Precision.HIGHEST,
+                               preferred_element_type=jnp.float32)
+  total = None  # 'matmul' beyond one exact float32 matmul: exact float32 chunks summed in int32
+  for start in range(0, layer.dim, layer.chunk):
+    part = jax.lax.dot_general(users[:, start:start + layer.chunk], items[:, start:start + layer.chunk], _DN,
                                precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-  raise ValueError(f"unknown score kind {kind!r}")
+    part = part.astype(jnp.int32)
+    total = part if total is None else total + part
+  return total
 
 
-def apply_item_terms(raw: jax.Array, table: ItemTable, a=None, m=None, b=None) -> jax.Array:
-  """`(raw + a) * m + b` with the table's per-item terms (or the given, already gathered, ones).
+def combine(spec: KeySpec, raws, alphas, betas, shift) -> tuple[jax.Array, ...]:
+  """The key words from the layers' raw inner products and the multipliers, already broadcastable to the
+  raw scores' shape. Returns one array (float32, or int32 for 'i32') or `spec.words` float32 words."""
+  if spec.tier == "float":
+    return (raws[0],)
+  if spec.tier in ("f32", "i32"):
+    dtype = jnp.float32 if spec.tier == "f32" else jnp.int32
+    total = None
+    for layer, raw, alpha, beta in zip(spec.layers, raws, alphas, betas):
+      t = raw if raw.dtype == dtype else raw.astype(dtype)
+      if beta is not None:
+        t = t * beta
+      if alpha is not None:
+        t = t * alpha
+      if layer.coef != 1:
+        t = t * jnp.asarray(layer.coef, dtype)
+      total = t if total is None else total + t
+    if shift is not None:
+      total = total + shift
+    return (total,)
+  terms = []
+  for layer, raw, alpha, beta in zip(spec.layers, raws, alphas, betas):
+    bound = layer.raw_bound
+    x = limbs_lib.from_int32(raw.astype(jnp.int32), limbs_lib.limbs_needed(bound))
+    if beta is not None:
+      bound *= layer.beta_bound
+      x = limbs_lib.mul(x, beta, limbs_lib.limbs_needed(bound))
+    if alpha is not None:
+      bound *= layer.alpha_bound
+      x = limbs_lib.mul(x, alpha, limbs_lib.limbs_needed(bound))
+    if layer.coef != 1:
+      bound *= layer.coef
+      x = limbs_lib.mul(x, limbs_lib.const_limbs(layer.coef), limbs_lib.limbs_needed(bound))
+    terms.append(x)
+  if shift is not None:
+    terms.append(shift)
+  total = limbs_lib.add(terms, limbs_lib.limbs_needed(spec.bound))
+  return limbs_lib.to_words(total, spec.words)
 
-  Returns `raw` itself (int32 for Hamming) when the table has no per-item terms, float32 otherwise.
-  """
-  a = table.a if a is None else a
-  m = table.m if m is None else m
-  b = table.b if b is None else b
-  if a is None and m is None and b is None:
-    return raw
-  key = raw.astype(jnp.float32)
-  if a is not None:
-    key = key + a
-  if m is not None:
-    key = key * m
-  if b is not None:
-    key = key + b
-  return key
+
+def item_terms(spec: KeySpec, table_beta, table_shift, shape_tail: tuple[int, ...] = ()):
+  """The table's per-item multipliers and shift in `combine`'s layout (limb tuples for 'limbs')."""
+  if spec.tier != "limbs":
+    return tuple(table_beta), table_shift
+  split = lambda v: None if v is None else tuple(v[..., j] for j in range(v.shape[-1]))
+  return tuple(split(b) for b in table_beta), split(table_shift)
 
 
-def table_keys(users: jax.Array, table: ItemTable) -> jax.Array:
-  """(B, I) ranking keys `(raw + a) * m + b` of prepared users against an item table.
+def user_terms(spec: KeySpec, alpha, extra_axes: int):
+  """The users' multipliers with `extra_axes` axes appended (to broadcast against (B, ...) scores)."""
+  out = []
+  for a in alpha:
+    if a is None:
+      out.append(None)
+    elif spec.tier == "limbs":
+      out.append(tuple(a[:, j].reshape((-1,) + (1,) * extra_axes) for j in range(a.shape[-1])))
+    else:
+      out.append(a.reshape((-1,) + (1,) * extra_axes))
+  return tuple(out)
 
-  int32 when the key is the raw Hamming score (no per-item terms), float32 otherwise.
-  """
-  return apply_item_terms(raw_scores(table.kind, table.dim, users, table.data), table)
+
+def table_keys(users: UserRows, table: ItemTable) -> tuple[jax.Array, ...]:
+  """(B, I) key words of prepared users against every row of a table (int32 only for one 'i32' word)."""
+  spec = table.spec
+  raws = [raw_scores(l, u, d) for l, u, d in zip(spec.layers, users.data, table.data)]
+  betas, shift = item_terms(spec, table.beta, table.shift)
+  return combine(spec, raws, user_terms(spec, users.alpha, 1), betas, shift)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Preparing users and items
+# Host side: exact integers from the stored floats
 # ----------------------------------------------------------------------------------------------------------
+
+
+def _exact_scale_ints(values, exponent: int | None = None) -> tuple[np.ndarray, int]:
+  """Positive float32 values as integers G times 2^E, one E for all (the largest that works, or `exponent`).
+
+  Returns (G as an int64 or Python-int object array, E).
+  """
+  v = np.asarray(values, np.float32).reshape(-1).astype(np.float64)
+  m, e = np.frexp(v)  # v = m 2^e, m in [0.5, 1)
+  mant = (m * (1 << 24)).astype(np.int64)  # exact: float32 has 24 significant bits
+  low = np.log2(mant & -mant).round().astype(np.int64)  # trailing zero bits
+  mant >>= low
+  exps = e.astype(np.int64) - 24 + low
+  if exponent is None:
+    exponent = int(exps.min())
+  shifts = exps - exponent
+  if (shifts < 0).any():
+    raise ValueError("scale values are not integer multiples of 2^exponent")
+  if int(shifts.max()) + 25 < 62:
+    return mant << shifts, exponent
+  return np.asarray([int(a) << int(s) for a, s in zip(mant.tolist(), shifts.tolist())], dtype=object), exponent
+
+
+def _gcd(values) -> int:
+  g = 0
+  for v in np.unique(np.asarray(values, dtype=object if np.asarray(values).dtype == object else np.int64)):
+    g = math.gcd(g, int(v))
+  return g
+
+
+def _as_tier(values, spec: KeySpec, n_limbs: int) -> jax.Array:
+  """Per-row integers (Python ints or int64) in the tier's layout."""
+  if spec.tier == "f32":
+    return jnp.asarray(np.asarray(values, np.float64).astype(np.float32))
+  if spec.tier == "i32":
+    return jnp.asarray(np.asarray(values, np.int64).astype(np.int32))
+  return jnp.asarray(limbs_lib.host_limbs(values, n_limbs))
+
+
+def rep_layers(rep: Rep) -> tuple[tuple[QuantizedMatrix, ...], tuple[float, ...]] | None:
+  """(layers, weights) of a quantized rep; None for float embeddings."""
+  if isinstance(rep, LayeredQuantized):
+    return tuple(rep.layers), tuple(rep.weights)
+  if isinstance(rep, QuantizedMatrix):
+    return (rep,), (1.0,)
+  return None
 
 
 def rep_bits(rep: Rep) -> int:
-  """0 for a float rep, else its code width."""
-  return rep.bits if isinstance(rep, QuantizedMatrix) else 0
+  """0 for a float rep, else its code width (of the first layer for layered codes)."""
+  layers = rep_layers(rep)
+  return 0 if layers is None else layers[0][0].bits
 
 
-def default_method(bits: int) -> str:
-  return {0: "float", 1: "hamming"}.get(bits, "int_matmul")
+def num_rows(rep: Rep) -> int:
+  if isinstance(rep, (QuantizedMatrix, LayeredQuantized)):
+    return rep.num_rows
+  return int(np.shape(rep)[0])
 
 
-def _check_pair(user_rep: Rep, item_rep: Rep, method: str) -> tuple[int, str]:
-  ub, ib = rep_bits(user_rep), rep_bits(item_rep)
-  if ub != ib:
-    raise UserError(f"user and item representations differ: {ub or 'float'} vs {ib or 'float'} bits")
-  du, di = np.shape(_array(user_rep))[-1], np.shape(_array(item_rep))[-1]
-  if du != di:
-    raise UserError(f"user and item embeddings differ in dimension: {du} vs {di}")
+def _describe(rep: Rep) -> str:
+  if isinstance(rep, LayeredQuantized):
+    return f"{len(rep.layers)}-layer codes"
+  if isinstance(rep, QuantizedMatrix):
+    return f"{rep.bits} bits"
+  return "float"
+
+
+def _check_pair(user_rep: Rep, item_rep: Rep, method: str):
+  """The matching (layers, weights) of both sides (None for float reps); UserError if they differ."""
+  if method not in METHODS:
+    raise UserError(f"unknown scoring method {method!r} (choose from {', '.join(METHODS)})")
+  ul, il = rep_layers(user_rep), rep_layers(item_rep)
+  if type(user_rep) is not type(item_rep) and not (ul is None and il is None):
+    raise UserError(f"user and item representations differ: {_describe(user_rep)} vs {_describe(item_rep)}")
+  if ul is None:
+    du, di = np.shape(user_rep)[-1], np.shape(item_rep)[-1]
+    if du != di:
+      raise UserError(f"user and item embeddings differ in dimension: {du} vs {di}")
+    if method not in ("auto", "float"):
+      raise UserError(f"method {method!r} does not apply to float embeddings (choose from auto, float)")
+    return None
+  if len(ul[0]) != len(il[0]):
+    raise UserError(f"user and item representations differ: {len(ul[0])} vs {len(il[0])} layers")
+  if ul[1] != il[1]:
+    raise UserError(f"user and item layer weights differ: {ul[1]} vs {il[1]}")
+  for k, (qu, qi) in enumerate(zip(ul[0], il[0])):
+    where = f"layer {k}: " if len(ul[0]) > 1 else ""
+    if qu.bits != qi.bits:
+      raise UserError(f"user and item representations differ: {where}{qu.bits} vs {qi.bits} bits")
+    if qu.codes.shape[1] != qi.codes.shape[1]:
+      raise UserError(f"user and item embeddings differ in dimension: {where}{qu.codes.shape[1]} vs "
+                      f"{qi.codes.shape[1]}")
+    if qu.bits >= 2 and (qu.per_row_scale or qi.per_row_scale):
+      raise UserError(f"{where}{qu.bits}-bit scales must be one scalar per matrix")
+    allowed = ("hamming", "sign_matmul", "int8") if qu.bits == 1 else ("int_matmul", "int8")
+    if method not in ("auto", "float") + allowed:
+      raise UserError(f"method {method!r} does not apply to {qu.bits}-bit embeddings "
+                      f"(choose from auto, float, {', '.join(allowed)})")
+  return ul, il
+
+
+def _layer_kind(bits: int, dim: int, method: str) -> LayerSpec:
+  """The raw inner product of one layer (static in (bits, dim, method))."""
+  max_prod = 1 if bits == 1 else 1 << (2 * (bits - 1))  # |c'_u c'_i| of centred codes
+  raw_bound = dim * max_prod
   if method == "auto":
-    method = default_method(ub)
-  allowed = {0: ("float",), 1: ("hamming", "sign_matmul", "int8", "float")}.get(ub, ("int_matmul", "int8", "float"))
-  if method not in allowed:
-    raise UserError(f"method {method!r} does not apply to {ub or 'float'}-bit embeddings "
-                    f"(choose from {', '.join(allowed)})")
-  if ub >= 2 and np.size(item_rep.scale) != 1:
-    raise UserError("b-bit item scales must be one scalar per matrix")
-  return ub, method
+    kind = "hamming" if bits == 1 else ("matmul" if raw_bound < F32_EXACT else "int8")
+  else:
+    kind = {"hamming": "hamming", "sign_matmul": "sign_matmul", "int8": "int8", "int_matmul": "matmul"}[method]
+  if raw_bound >= limbs_lib.ENCODABLE:
+    raise UserError(f"d = {dim} is too large for exact {bits}-bit integer inner products "
+                    f"(d * {max_prod} must stay below 2^31 - 2^24)")
+  chunk = min(dim, (F32_EXACT - 1) // max_prod)
+  return LayerSpec(kind=kind, dim=dim, bits=bits, raw_bound=raw_bound, chunk=chunk)
 
 
-def _array(rep: Rep):
-  return rep.codes if isinstance(rep, QuantizedMatrix) else rep
+def _centre(bits: int) -> int:
+  return 0 if bits == 1 else 1 << (bits - 1)
 
 
-def _int8_shift(bits: int) -> int:
-  """Centring that makes b-bit codes fit int8 (only 8-bit codes need it)."""
-  return 128 if bits == 8 else 0
+def _scale_array(qm: QuantizedMatrix) -> np.ndarray:
+  s = np.asarray(qm.scale_values(), np.float32)
+  if not (np.isfinite(s).all() and (s > 0).all()):
+    raise UserError("scales must be positive and finite")
+  return s
 
 
-def prepare_users(user_rep: Rep, method: str) -> jax.Array:
-  """User rows in the layout `raw_scores` expects for `method` (float reps: as float32)."""
-  if not isinstance(user_rep, QuantizedMatrix) or method == "float":
-    x = user_rep.dequantize() if isinstance(user_rep, QuantizedMatrix) else user_rep
-    return jnp.asarray(x, jnp.float32)
-  codes = jnp.asarray(user_rep.codes)
-  if method == "hamming":
+def _layer_rows(layer: LayerSpec, qm: QuantizedMatrix) -> jax.Array:
+  """One side's codes of one layer in the layout `raw_scores` expects for its kind."""
+  codes = jnp.asarray(qm.codes)
+  if layer.kind == "hamming":
     return packing.pack_codes(codes, 1)
-  if method in ("sign_matmul", "int_matmul"):
-    return codes.astype(jnp.float32)
-  if method == "int8":
-    return (codes.astype(jnp.int32) - _int8_shift(user_rep.bits)).astype(jnp.int8)
-  raise ValueError(method)
+  centred = codes.astype(jnp.int32) - _centre(qm.bits)
+  if layer.kind == "int8":
+    return centred.astype(jnp.int8)
+  return centred.astype(jnp.float32)
 
 
-def _exact_split(r: fractions.Fraction, sums: np.ndarray) -> tuple[np.ndarray, list[fractions.Fraction]]:
-  """For each integer S: n = floor(r S) (int64) and f = r S - n in [0, 1) (exact rationals)."""
-  num, den = r.numerator, r.denominator
-  n, f = [], []
-  for s in sums.tolist():
-    q, rem = divmod(num * s, den)
-    n.append(q)
-    f.append(rem)  # f = rem / den: same order as rem
-  return np.asarray(n, np.int64), f
+def _float_rows(rep: Rep) -> jax.Array:
+  if isinstance(rep, (QuantizedMatrix, LayeredQuantized)):
+    return jnp.asarray(rep.dequantize(), jnp.float32)
+  return jnp.asarray(rep, jnp.float32)
+
+
+def _fraction(x) -> fractions.Fraction:
+  """The exact value of a one-element float32 array (a per-matrix scale or offset)."""
+  return fractions.Fraction(float(np.asarray(x, np.float32).reshape(-1)[0]))
+
+
+def _item_fraction_order(layers, il, ul, weights_int, e_star: int, divisor: int):
+  """n_i and the row order for the rational item term T(i) (module docstring); None when T = 0."""
+  consts, sums = [], []
+  for k, (qu, qi) in enumerate(zip(ul, il)):
+    if qu.bits == 1:
+      continue
+    z = _centre(qu.bits)
+    s_u = _fraction(qu.scale_values())
+    o_u = _fraction(qu.offset) + s_u * z
+    s_i = _fraction(qi.scale_values())
+    q = weights_int[k] * o_u * s_i / (fractions.Fraction(2) ** e_star) / divisor
+    if q == 0:
+      continue
+    consts.append(q)
+    sums.append(np.asarray(qi.codes, np.int64).sum(axis=1) - z * layers[k].dim)
+  if not consts:
+    return None
+  den = math.lcm(*(q.denominator for q in consts))
+  nums = [int(q * den) for q in consts]
+  table = np.stack(sums, axis=1)
+  distinct, inverse = np.unique(table, axis=0, return_inverse=True)
+  inverse = np.asarray(inverse).reshape(-1)
+  whole, frac = [], []
+  for row in distinct.tolist():
+    value = sum(n * s for n, s in zip(nums, row))
+    q, r = divmod(value, den)
+    whole.append(q)
+    frac.append(r)
+  low = min(whole)
+  shift = np.asarray([w - low for w in whole], dtype=object)[inverse]
+  ranks = {v: j for j, v in enumerate(sorted(set(frac), reverse=True))}
+  frac_rank = np.asarray([ranks[f] for f in frac], np.int64)[inverse]
+  return shift, int(max(whole) - low), frac_rank, len(ranks)
 
 
 def prepare_items(item_rep: Rep, user_rep: Rep, method: str = "auto") -> ItemTable:
   """Builds the item table for ranking `user_rep`'s rows against `item_rep` (see the module docstring).
 
-  The user rep is needed only for b >= 2 (its scalars o_u / s_u enter the per-item term) and to check
-  that both sides match. Runs on the host (numpy) because the b >= 2 split is exact rational arithmetic.
+  Runs on the host (numpy and Python integers): the constants of the key are exact rational arithmetic on
+  the stored float32 scales and offsets. `user_rep` must hold every user that will be ranked (its scales
+  enter the constants).
+
+  Raises:
+    UserError: mismatched representations, a method that does not apply, non-positive scales, or a
+      dimension too large for exact integer inner products.
   """
-  bits, method = _check_pair(user_rep, item_rep, method)
-  if bits == 0 or method == "float":
-    x = item_rep.dequantize() if isinstance(item_rep, QuantizedMatrix) else item_rep
-    x = jnp.asarray(x, jnp.float32)
-    return ItemTable(data=x, a=None, m=None, b=None, kind="float", dim=int(x.shape[1]))
-  codes = np.asarray(item_rep.codes)
-  num_items, dim = codes.shape
-  if bits == 1:
-    scale = np.asarray(item_rep.scale, np.float32)
-    m = None if scale.size == 1 else jnp.asarray(scale.reshape(-1))
-    if method == "hamming":
-      data, kind = packing.pack_codes(jnp.asarray(codes), 1), "hamming"
-    elif method == "int8":  # +-1 int8 x int8 -> int32 (the tensor-core route on a GPU)
-      data, kind = jnp.asarray(codes, jnp.int8), "int8"
+  pair = _check_pair(user_rep, item_rep, method)
+  if pair is None or method == "float":
+    x = _float_rows(item_rep)
+    spec = _choose_tier((LayerSpec(kind="float", dim=int(x.shape[1]), bits=0, raw_bound=0, chunk=0),), 0)
+    return ItemTable(data=(x,), beta=(None,), shift=None, ids=None, spec=spec)
+  (ul, weights), (il, _) = pair
+  single = len(ul) == 1
+  frac_w = [fractions.Fraction(1)] if single else list(exact_weights(weights))
+  den = math.lcm(*(w.denominator for w in frac_w))
+  weights_int = [int(w * den) for w in frac_w]
+  layer_specs, user_scales, item_scales = [], [], []
+  for qu, qi in zip(ul, il):
+    layer_specs.append(_layer_kind(qu.bits, int(qu.codes.shape[1]), method))
+    user_scales.append(_exact_scale_ints(_scale_array(qu)))
+    item_scales.append(_exact_scale_ints(_scale_array(qi)))
+  e_star = min(eu + ei for (_, eu), (_, ei) in zip(user_scales, item_scales))
+  betas = []
+  for k, (qu, qi) in enumerate(zip(ul, il)):
+    (gu, eu), (gi, ei) = user_scales[k], item_scales[k]
+    coef = weights_int[k] << (eu + ei - e_star)
+    alpha_bound, user_div, beta = 0, 1, None
+    if qu.per_row_scale and not single:  # one layer: the user's scale is a positive per-user constant
+      user_div = _gcd(gu)
+      alpha_bound = int(max(int(v) for v in gu)) // user_div
+      coef *= user_div
+      if alpha_bound == 1:  # every user the same: a constant
+        alpha_bound = 0
+    elif not qu.per_row_scale:
+      coef *= int(gu[0])
+    if qi.per_row_scale:
+      g = _gcd(gi)
+      beta = np.asarray([int(v) // g for v in gi], dtype=object)
+      coef *= g
+      if int(beta.max()) == 1:
+        beta = None
     else:
-      data, kind = jnp.asarray(codes, jnp.float32), "matmul"
-    return ItemTable(data=data, a=None, m=m, b=None, kind=kind, dim=dim, exact=m is None)
-
-  # b >= 2: key = R * (P + n_i) + rho_i, P = <c_u - z, c_i - z> with z the int8 centring (0 or 128).
-  z = _int8_shift(bits) if method == "int8" else 0
-  r = fractions.Fraction(float(np.asarray(user_rep.offset))) / fractions.Fraction(float(np.asarray(user_rep.scale)))
-  sums = codes.astype(np.int64).sum(axis=1)  # S_i
-  distinct, inverse = np.unique(sums, return_inverse=True)
-  n_d, rem_d = _exact_split(r, distinct)
-  # <c_u, c_i> = <c_u - z, c_i - z> + z * sum(c_i - z) + (user terms): the z term is an integer per item.
-  shifted_sums = distinct - z * dim
-  n_d = n_d + z * shifted_sums
-  order = sorted(set(rem_d))
-  rank_of = {v: j for j, v in enumerate(order)}
-  rho_d = np.asarray([rank_of[v] for v in rem_d], np.int64)
-  num_ranks = len(order)
-  max_code = (1 << bits) - 1
-  max_p = dim * max(z, max_code - z) ** 2
-  bound = (max_p + int(np.abs(n_d).max())) * num_ranks + num_ranks
-  if method == "int8":
-    data, kind = jnp.asarray((codes.astype(np.int32) - z).astype(np.int8)), "int8"
-  else:
-    data, kind = jnp.asarray(codes, jnp.float32), "matmul"
-  if bound < _EXACT_LIMIT:
-    a = jnp.asarray(n_d[inverse], jnp.float32)
-    return ItemTable(data=data, a=a, m=jnp.full((num_items,), float(num_ranks), jnp.float32),
-                     b=jnp.asarray(rho_d[inverse], jnp.float32), kind=kind, dim=dim, exact=True)
-  den = r.denominator
-  frac = np.asarray([float(fractions.Fraction(v, den)) for v in rem_d], np.float64)
-  return ItemTable(data=data, a=jnp.asarray(n_d[inverse] + frac[inverse], jnp.float32), m=None, b=None,
-                   kind=kind, dim=dim, exact=False)
+      coef *= int(gi[0])
+    betas.append(beta)
+    layer_specs[k] = dataclasses.replace(layer_specs[k], coef=coef, alpha_bound=alpha_bound,
+                                         beta_bound=0 if beta is None else int(beta.max()), user_exp=eu,
+                                         user_div=user_div)
+  divisor = 0
+  for l in layer_specs:
+    divisor = math.gcd(divisor, l.coef)
+  layer_specs = [dataclasses.replace(l, coef=l.coef // divisor) for l in layer_specs]
+  order = _item_fraction_order(layer_specs, il, ul, weights_int, e_star, divisor)
+  shift, shift_bound, ids = None, 0, None
+  if order is not None:
+    shift, shift_bound, frac_rank, num_fracs = order
+    num_items = int(il[0].codes.shape[0])
+    if num_fracs > 1:
+      ids = np.lexsort((np.arange(num_items), frac_rank))  # f descending (rank 0 = largest), then id
+    if shift_bound == 0:
+      shift = None
+  spec = _choose_tier(tuple(layer_specs), shift_bound)
+  data = tuple(_layer_rows(l, qi) for l, qi in zip(spec.layers, il))
+  beta_arrays = tuple(None if b is None else _as_tier(b, spec, limbs_lib.limbs_needed(l.beta_bound))
+                      for b, l in zip(betas, spec.layers))
+  shift_array = None if shift is None else _as_tier(shift, spec, limbs_lib.limbs_needed(shift_bound))
+  table = ItemTable(data=data, beta=beta_arrays, shift=shift_array, ids=None, spec=spec)
+  if ids is not None:
+    perm = jnp.asarray(ids, jnp.int32)
+    table = jax.tree.map(lambda v: v[perm], table)
+    table = dataclasses.replace(table, ids=perm)
+  return table
 
 
-def ranking_scores(user_rep: Rep, item_rep: Rep, method: str = "auto") -> jax.Array:
-  """(B, I) ranking keys of the given user rows against all items (higher = better).
+def prepare_users(user_rep: Rep, table: ItemTable) -> UserRows:
+  """User rows in the layout `table` expects (codes per layer, per-user multipliers)."""
+  spec = table.spec
+  if spec.tier == "float":
+    return UserRows(data=(_float_rows(user_rep),), alpha=(None,))
+  layers, _ = rep_layers(user_rep)
+  data, alpha = [], []
+  for l, qu in zip(spec.layers, layers):
+    data.append(_layer_rows(l, qu))
+    if l.alpha_bound:
+      g, _ = _exact_scale_ints(_scale_array(qu), l.user_exp)
+      values = np.asarray([int(v) // l.user_div for v in g], dtype=object)
+      if any(int(v) * l.user_div != int(w) for v, w in zip(values, g)) or int(values.max()) > l.alpha_bound:
+        raise UserError("these users' scales differ from the ones the item table was prepared with")
+      alpha.append(_as_tier(values, spec, limbs_lib.limbs_needed(l.alpha_bound)))
+    else:
+      alpha.append(None)
+  return UserRows(data=tuple(data), alpha=tuple(alpha))
 
-  The per-user order of the keys, ties broken by the lower item id (as `lax.top_k` does), equals the order
-  of the dequantized inner products <x^_u, x^_i>: exactly for float reps, 1-bit reps with one item scale
-  and b-bit reps whose `prepare_items(...).exact` holds (see the module docstring for the others). The keys
-  are ranking keys, not inner products (use `dequantized_scores` for those).
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole score matrices (tests, references, small problems)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def ranking_scores(user_rep: Rep, item_rep: Rep, method: str = "auto") -> np.ndarray:
+  """(B, I, W) float64 ranking keys (integers, exact) of the given user rows against all items, item ids in order.
+
+  Compare lexicographically along the last axis (word 0 first), larger = better; items with equal keys rank
+  by lower id. The order equals the order of the dequantized scores exactly (module docstring), except for
+  float embeddings and `method="float"` (float32 inner products). When the table breaks ties by a fraction
+  (b >= 2), the last word is minus the item's row in the table: keys are then all distinct. Keys are not
+  inner products (use `dequantized_scores` for those).
 
   Args:
-    user_rep: (B, d) float array or QuantizedMatrix.
-    item_rep: (I, d) float array or QuantizedMatrix of the same bits.
-    method: "auto" (float / hamming / int_matmul by bits), or one of "float", "hamming", "sign_matmul",
-      "int_matmul", "int8".
+    user_rep: (B, d) float array, QuantizedMatrix or LayeredQuantized.
+    item_rep: (I, d) of the same kind.
+    method: "auto", or one of "float", "hamming", "sign_matmul", "int_matmul", "int8".
   """
   table = prepare_items(item_rep, user_rep, method)
-  users = prepare_users(user_rep, method if method != "auto" else default_method(rep_bits(user_rep)))
-  return _table_keys_jit(users, table).astype(jnp.float32)
+  users = prepare_users(user_rep, table)
+  words = [np.asarray(w, np.float64) for w in _table_keys_jit(users, table)]
+  if table.ids is not None:
+    rows = np.arange(table.num_items, dtype=np.float64)
+    words.append(np.broadcast_to(-rows, words[0].shape))
+  keys = np.stack(words, axis=-1)
+  if table.ids is not None:
+    by_id = np.empty_like(keys)
+    by_id[:, np.asarray(table.ids)] = keys
+    keys = by_id
+  return keys
 
 
 _table_keys_jit = jax.jit(table_keys)
 
 
 def dequantized_scores(user_rep: Rep, item_rep: Rep) -> jax.Array:
-  """<x^_u, x^_i> in float32 from the dequantized rows: the float reference the keys rank like."""
-  deq = lambda r: r.dequantize() if isinstance(r, QuantizedMatrix) else jnp.asarray(r, jnp.float32)
-  return jnp.dot(deq(user_rep), deq(item_rep).T, precision=jax.lax.Precision.HIGHEST)
+  """<x^_u, x^_i> in float32 from the dequantized rows (layered: the weighted sum of layer products, via
+  the sqrt-weighted concatenation): the float reference the keys rank like."""
+  return jnp.dot(_float_rows(user_rep), _float_rows(item_rep).T, precision=jax.lax.Precision.HIGHEST)

@@ -2,8 +2,9 @@
 
 Items are split into equal contiguous shards along the mesh axis "items" (padded to whole blocks per
 shard); every device runs the blocked top-K of `scan_search` on its shard under `jax.shard_map`, and
-the per-shard (B, K) results are merged into the global top K. The merge lists shards in id order, so on
-equal keys the lower id wins, as in the single-device search; the result is identical to it.
+the per-shard (B, K) results are merged into the global top K (lexicographically for keys of several
+words, `topk.lex_top_k`). The merge lists shards in row order, so on equal keys the lower row wins, as in
+the single-device search; the result is identical to it (rows are mapped to item ids by `search_prepared`).
 """
 
 import functools
@@ -15,7 +16,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hq_jax.retrieval import scoring
 # `hq_jax.retrieval.topk` the attribute is the function (re-exported); import from the module by path.
-from hq_jax.retrieval.topk import (block_size, blocked, empty_result, prepare_search, scan_search,
+from hq_jax.retrieval.topk import (block_size, blocked, empty_result, lex_top_k, prepare_search, scan_search,
                                    search_prepared)
 
 AXIS = "items"
@@ -46,21 +47,20 @@ def sharded_search(users, table, rows, cols, *, mesh, k: int, num_items: int, sh
 
   def local(users, table, rows, cols):
     offset = jax.lax.axis_index(AXIS).astype(jnp.int32) * shard_items
-    init = jax.lax.pcast(empty_result(users.shape[0], k), (AXIS,), to="varying")
+    init = jax.lax.pcast(empty_result(users.num_rows, k, table.words), (AXIS,), to="varying")
     vals, ids = scan_search(users, table, rows, cols, offset, k=k, num_items=num_items, init=init)
-    return vals[None], ids[None]
+    return tuple(v[None] for v in vals), ids[None]
 
+  words = table.words
   vals, ids = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
-                            out_specs=(P(AXIS), P(AXIS)))(users, table, rows, cols)
-  # (shards, B, k) -> (B, shards * k), shard 0 first: ties go to the lower id.
-  batch = users.shape[0]
+                            out_specs=((P(AXIS),) * words, P(AXIS)))(users, table, rows, cols)
+  # (shards, B, k) -> (B, shards * k), shard 0 first: ties go to the lower row.
+  batch = users.num_rows
   replicated = NamedSharding(mesh, P())
-  vals, ids = jax.sharding.reshard(vals, replicated), jax.sharding.reshard(ids, replicated)
-  vals = jnp.transpose(vals, (1, 0, 2)).reshape(batch, -1)
-  ids = jnp.transpose(ids, (1, 0, 2)).reshape(batch, -1)
-  top, pos = jax.lax.top_k(vals, k)
-  out = jnp.take_along_axis(ids, pos, axis=1)
-  return top, jnp.where(jnp.isneginf(top), -1, out)
+  flat = lambda v: jnp.transpose(jax.sharding.reshard(v, replicated), (1, 0, 2)).reshape(batch, -1)
+  top, pos = lex_top_k(tuple(flat(v) for v in vals), k)
+  out = jnp.take_along_axis(flat(ids), pos, axis=1)
+  return top, jnp.where(jnp.isneginf(top[0]), -1, out)
 
 
 def sharded_topk(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int, *,
@@ -73,4 +73,4 @@ def sharded_topk(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: 
   placed, shard_items = shard_table(table, mesh, block_items)
   fn = functools.partial(sharded_search, mesh=mesh, k=k, num_items=num_items, shard_items=shard_items)
   return search_prepared(prepared, placed, num_items, exclude_indptr, exclude_indices, users, k,
-                                  batch_users=batch_users, search_fn=fn)
+                         batch_users=batch_users, search_fn=fn)

@@ -6,23 +6,34 @@ Memory stays bounded for any item count: items are scanned in blocks of `block_i
 
 1. keys of the block, with excluded and padding items set to -inf, reduced to the maximum of each group of
    32 consecutive items: (B, block / 32). For the Hamming kind XLA fuses XOR, popcount, masking and the
-   maximum into one pass, so (B, block) keys are never written to memory; the matmul kinds score the
+   maximum into one pass, so (B, block) keys are never written to memory; the other kinds score the
    block in tiles of about `TILE` items, so each tile's scores stay in cache until they are reduced.
 2. `lax.top_k` over the group maxima picks K groups per user; the K best items of the block are among
    their items. (Proof: if item x's group G is not picked, K picked groups each beat G on (max desc, group
-   index asc); each one's best item beats x on (key desc, id asc), so x is not in the top K.)
+   index asc); each one's best item beats x on (key desc, row asc), so x is not in the top K.)
 3. The K * 32 candidate items are rescored from their gathered rows, and `lax.top_k` over them, in
-   ascending id order so ties go to the lower id, gives the block's top K; it is merged into the running
-   top K (the running entries come first, having lower ids). Integer keys are rescored exactly; float
+   ascending row order so ties go to the lower row, gives the block's top K; it is merged into the running
+   top K (the running entries come first, having lower rows). Integer keys are rescored exactly; float
    keys are re-summed in dimension order, which can differ from the matmul's float32 sum by rounding, so
    for float embeddings the order is exact up to float32 rounding of the inner products (as any float32
    search is).
 
-Exclusions are a per-block bitmask with one uint32 word per group (bit j = item 32 g + j is excluded),
+Keys (see `scoring`): one float32 word (exact integers below 2^24, or float embeddings' inner products),
+one int32 word (mapped to float32 by the order-preserving `limbs.encode_int32` before `lax.top_k`), or W
+float32 words compared lexicographically. For W > 1 every maximum and top-K above is lexicographic:
+`_lex_max` (the first word's maximum, then the next word's maximum among the entries that tie on the
+previous ones) and `lex_top_k` (thresholds word by word, then one small sort), with the same tie rule.
+
+Rows and ids. The search runs over the table's rows; a table may store its items in another order than
+their ids (`ItemTable.ids`, the order that breaks integer-key ties exactly, see `scoring`). `search_prepared`
+maps the excluded item ids to rows before the search and the result rows back to ids after it.
+
+Exclusions are a per-block bitmask with one uint32 word per group (bit j = row 32 g + j is excluded),
 scattered from the users' CSR rows.
 
 Results: `items` (B, K) int32 item ids, -1 where a user has fewer than K eligible items; `scores` (B, K)
-float32 ranking keys (see `scoring`), -inf where the id is -1.
+float32 ranking keys (see `scoring`; exact below 2^24, rounded above; the order of `items` is always the
+exact one), -inf where the id is -1.
 """
 
 import functools
@@ -32,10 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hq_jax.errors import UserError
+from hq_jax.retrieval import limbs as limbs_lib
 from hq_jax.retrieval import scoring
 
 GROUP = 32  # items per group = bits of one exclusion mask word
 TILE = 1024  # items scored at a time (their (B, TILE) scores stay in cache)
+UNROLL_DIMS = 256  # candidate rescoring unrolls over this many dimensions at most, then loops in chunks
+DIM_CHUNK = 64
 
 
 def blocked(table: scoring.ItemTable, block: int) -> scoring.ItemTable:
@@ -44,8 +58,8 @@ def blocked(table: scoring.ItemTable, block: int) -> scoring.ItemTable:
 
 
 def _exclusion_mask(rows: jax.Array, cols: jax.Array, start: jax.Array, batch: int, block: int) -> jax.Array:
-  """(B, block / 32) uint32 bitmask of the excluded items of this block (rows >= batch are padding)."""
-  local = cols - start  # cols are global ids, start the block's global id
+  """(B, block / 32) uint32 bitmask of the excluded rows of this block (rows >= batch are padding)."""
+  local = cols - start  # cols are global rows, start the block's first row
   inside = (local >= 0) & (local < block) & (rows < batch)
   local = jnp.where(inside, local, 0)
   word = jnp.where(inside, local // GROUP, block // GROUP)  # out of range -> dropped
@@ -62,136 +76,207 @@ def _lowest(dtype) -> jax.Array:
 
 
 def _to_float(keys: jax.Array) -> jax.Array:
-  """Keys as float32 for `lax.top_k` (its integer path is ~30x slower on CPU); removed -> -inf.
+  """A key word as float32 for `lax.top_k` (its integer path is ~10x slower on CPU); removed -> -inf.
 
-  -0.0 becomes +0.0: `lax.top_k` orders floats totally (+0.0 above -0.0), and equal scores must tie.
+  int32 words go through the order-preserving `limbs.encode_int32`. -0.0 becomes +0.0: `lax.top_k` orders
+  floats totally (+0.0 above -0.0), and equal scores must tie.
   """
   if jnp.issubdtype(keys.dtype, jnp.integer):
-    return jnp.where(keys == _lowest(keys.dtype), -jnp.inf, keys.astype(jnp.float32))
+    return jnp.where(keys == _lowest(keys.dtype), -jnp.inf, limbs_lib.encode_int32(keys))
   return jnp.where(keys == 0, jnp.zeros((), keys.dtype), keys)
 
 
-def _group_masked(keys: jax.Array, mask_words: jax.Array, valid: jax.Array) -> jax.Array:
-  """keys (B, G, 32) with excluded (mask bit set) or invalid (padding) items set to the lowest key."""
+def _group_masked(keys, mask_words: jax.Array, valid: jax.Array):
+  """Key words (B, G, 32) with excluded (mask bit set) or invalid (padding) rows set to the lowest key."""
   bits = jnp.right_shift(mask_words[..., None], jnp.arange(GROUP, dtype=jnp.uint32)) & 1
-  return jnp.where((bits == 0) & valid, keys, _lowest(keys.dtype))
+  keep = (bits == 0) & valid
+  return tuple(jnp.where(keep, k, _lowest(k.dtype)) for k in keys)
 
 
-def _gathered_dot(users: jax.Array, data: jax.Array, groups: jax.Array) -> jax.Array:
-  """(B, K, 32) inner products of each user with the items of its chosen groups; data is (G, 32, D).
+def _lex_max(keys) -> tuple[jax.Array, ...]:
+  """Lexicographic maximum of the key words over the last axis."""
+  first = jnp.max(keys[0], axis=-1)
+  out, tied = [first], keys[0] == first[..., None]
+  for k in keys[1:]:
+    m = jnp.max(jnp.where(tied, k, _lowest(k.dtype)), axis=-1)
+    out.append(m)
+    tied = tied & (k == m[..., None])
+  return tuple(out)
+
+
+def lex_top_k(keys, k: int):
+  """Top k of (B, N) float32 key words: (words (B, k) each, positions (B, k)), best first, ties by position.
+
+  One word: `lax.top_k`. Several: word by word, the threshold t_j is the r-th largest value of word j among
+  the entries still tied on the earlier words (r = slots not yet filled); entries above it are in, entries
+  equal to it stay tied, and after the last word the tied entries fill the remaining slots by position.
+  The k chosen entries are then sorted by (words desc, position asc).
+  """
+  if len(keys) == 1:
+    vals, pos = jax.lax.top_k(keys[0], k)
+    return (vals,), pos
+  n = keys[0].shape[-1]
+  chosen = jnp.zeros(keys[0].shape, bool)
+  tied = jnp.ones(keys[0].shape, bool)
+  left = jnp.full(keys[0].shape[:-1] + (1,), k, jnp.int32)
+  for word in keys:
+    vals, _ = jax.lax.top_k(jnp.where(tied, word, -jnp.inf), k)
+    t = jnp.take_along_axis(vals, jnp.clip(left - 1, 0, k - 1), axis=-1)
+    above = tied & (word > t)
+    chosen = chosen | above
+    left = left - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
+    tied = tied & (word == t)
+  rank = jnp.cumsum(tied, axis=-1, dtype=jnp.int32) - 1
+  chosen = chosen | (tied & (rank < left))
+  positions = jnp.arange(n, dtype=jnp.float32)
+  _, pos = jax.lax.top_k(jnp.where(chosen, -positions, -jnp.inf), k)  # chosen positions, ascending
+  words = [jnp.take_along_axis(w, pos, axis=-1) for w in keys]
+  out = jax.lax.sort([-w for w in words] + [pos], dimension=-1, num_keys=len(words) + 1)
+  return tuple(-w for w in out[:-1]), out[-1]
+
+
+def _gathered_dot(users: jax.Array, data: jax.Array, groups: jax.Array, acc_dtype) -> jax.Array:
+  """(B, K, 32) inner products of each user with the rows of its chosen groups; data is (G, 32, D).
 
   Summed one dimension at a time, so XLA fuses the row gather, the products and the sum into one loop
-  instead of writing the (B, K, 32, D) gathered rows (as large as a block's scores). int8 codes accumulate
-  in int32 (exact); float32 codes of integers are exact in any order.
+  instead of writing the (B, K, 32, D) gathered rows (as large as a block's scores); beyond `UNROLL_DIMS`
+  dimensions a `fori_loop` over chunks of `DIM_CHUNK` keeps the program small. Integer kinds accumulate in
+  int32 (exact: each product is an exact integer below 2^24); float32 codes of integers whose sums stay
+  below 2^24 are exact in any order.
   """
-  acc_dtype = jnp.int32 if data.dtype == jnp.int8 else jnp.float32
-  acc = None
-  for j in range(users.shape[1]):
-    term = users[:, j, None, None].astype(acc_dtype) * data[groups, :, j].astype(acc_dtype)
-    acc = term if acc is None else acc + term
-  return acc.astype(jnp.float32)
+
+  def dims(acc, u, d, count):
+    for j in range(count):
+      term = u[:, j, None, None].astype(acc_dtype) * d[groups, :, j].astype(acc_dtype)
+      acc = term if acc is None else acc + term
+    return acc
+
+  dim = users.shape[1]
+  if dim <= UNROLL_DIMS:
+    return dims(None, users, data, dim)
+  full = dim // DIM_CHUNK
+
+  def chunk(c, acc):
+    u = jax.lax.dynamic_slice_in_dim(users, c * DIM_CHUNK, DIM_CHUNK, axis=1)
+    d = jax.lax.dynamic_slice_in_dim(data, c * DIM_CHUNK, DIM_CHUNK, axis=2)
+    return dims(acc, u, d, DIM_CHUNK)
+
+  # The first chunk outside the loop: the carry then has the data's type (e.g. varying under `shard_map`).
+  acc = dims(None, users[:, :DIM_CHUNK], data[:, :, :DIM_CHUNK], DIM_CHUNK)
+  acc = jax.lax.fori_loop(1, full, chunk, acc)
+  return dims(acc, users[:, full * DIM_CHUNK:], data[:, :, full * DIM_CHUNK:], dim - full * DIM_CHUNK)
 
 
-def _candidate_keys(users: jax.Array, block: scoring.ItemTable, groups: jax.Array) -> jax.Array:
-  """(B, K, 32) keys of the items of the chosen groups (B, K), recomputed from their gathered rows.
+def _candidate_keys(users: scoring.UserRows, block: scoring.ItemTable, groups: jax.Array):
+  """(B, K, 32) key words of the rows of the chosen groups (B, K), recomputed from their gathered rows.
 
-  Recomputing is cheap (K * 32 items per user) and means the block's (B, block) scores never have to
-  exist in memory. The per-item terms are applied to the candidates only.
+  Recomputing is cheap (K * 32 rows per user) and means the block's (B, block) scores never have to exist
+  in memory. The per-item terms are gathered for the candidates only.
   """
-  ng = block.data.shape[0] // GROUP
-  per_group = lambda v: None if v is None else v.reshape(ng, GROUP)[groups]
-  data = block.data.reshape(ng, GROUP, -1)
-  if block.kind == "hamming":
-    ham = jnp.sum(jax.lax.population_count(users[:, None, None, :] ^ data[groups]).astype(jnp.int32), axis=-1)
-    cand = block.dim - 2 * ham
-  else:
-    cand = _gathered_dot(users, data, groups)
-  return scoring.apply_item_terms(cand, block, per_group(block.a), per_group(block.m), per_group(block.b))
+  spec = block.spec
+  ng = block.num_items // GROUP
+  per_group = lambda v: None if v is None else v.reshape((ng, GROUP) + v.shape[1:])[groups]
+  raws = []
+  for layer, u, d in zip(spec.layers, users.data, block.data):
+    data = d.reshape(ng, GROUP, -1)
+    if layer.kind == "hamming":
+      ham = jnp.sum(jax.lax.population_count(u[:, None, None, :] ^ data[groups]).astype(jnp.int32), axis=-1)
+      raws.append(layer.dim - 2 * ham)
+    else:
+      raws.append(_gathered_dot(u, data, groups, jnp.int32 if layer.raw_is_int else jnp.float32))
+  betas, shift = scoring.item_terms(spec, tuple(per_group(b) for b in block.beta), per_group(block.shift))
+  return scoring.combine(spec, raws, scoring.user_terms(spec, users.alpha, 2), betas, shift)
 
 
-def _group_maxima(users: jax.Array, block: scoring.ItemTable, mask: jax.Array, valid: jax.Array) -> jax.Array:
-  """(B, block / 32) maximum key of each group of 32 items, excluded and padding items left out.
+def _group_maxima(users: scoring.UserRows, block: scoring.ItemTable, mask: jax.Array, valid: jax.Array):
+  """(B, block / 32) key words: the (lexicographic) maximum of each group of 32 rows, excluded and padding
+  rows left out, as float32.
 
   The block is scored tile by tile (`tile_size`), so each tile's (B, tile) scores stay in cache between
   the matmul that writes them and the masked maximum that reads them.
   """
-  batch, n = users.shape[0], block.data.shape[0]
+  batch, n = users.num_rows, block.num_items
+  spec = block.spec
   tile = tile_size(n, block.kind)
   tg = tile // GROUP
+  alphas = scoring.user_terms(spec, users.alpha, 1)
 
   def one_tile(xs):
     t, words, ok = xs
-    raw = scoring.raw_scores(t.kind, t.dim, users, t.data).reshape(batch, tg, GROUP)
-    keys = scoring.apply_item_terms(raw, t, *(None if v is None else v.reshape(tg, GROUP) for v in (t.a, t.m, t.b)))
-    return jnp.max(_group_masked(keys, words, ok), axis=-1)
+    raws = [scoring.raw_scores(l, u, d) for l, u, d in zip(spec.layers, users.data, t.data)]
+    betas, shift = scoring.item_terms(spec, t.beta, t.shift)
+    keys = scoring.combine(spec, raws, alphas, betas, shift)
+    keys = _group_masked(tuple(k.reshape(batch, tg, GROUP) for k in keys), words, ok)
+    return tuple(_to_float(m) for m in _lex_max(keys))
 
   if tile == n:
     return one_tile((block, mask, valid))
   nt = n // tile
   out = jax.lax.map(one_tile, (blocked(block, tile), mask.reshape(batch, nt, tg).transpose(1, 0, 2),
                                valid.reshape(nt, tg, GROUP)))
-  return out.transpose(1, 0, 2).reshape(batch, n // GROUP)
+  return tuple(o.transpose(1, 0, 2).reshape(batch, n // GROUP) for o in out)
 
 
 def merge_topk(vals_a, ids_a, vals_b, ids_b, k: int):
-  """Top k of the union of two candidate lists; on equal keys the entry listed first (in a, then b) wins.
-
-  Callers list lower item ids first, so ties go to the lower id.
-  """
-  vals = jnp.concatenate([vals_a, vals_b], axis=1)
+  """Top k of the union of two candidate lists of key words; on equal keys the entry listed first (in a,
+  then b) wins. Callers list lower rows first, so ties go to the lower row."""
+  vals = tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(vals_a, vals_b))
   ids = jnp.concatenate([ids_a, ids_b], axis=1)
-  top, pos = jax.lax.top_k(vals, k)
+  top, pos = lex_top_k(vals, k)
   return top, jnp.take_along_axis(ids, pos, axis=1)
 
 
-def scan_search(users: jax.Array, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array,
+def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array,
                 id_offset: jax.Array, *, k: int, num_items: int, init=None):
-  """Top-k of `users` (B, D) over a blocked item table: the traceable core of `search_blocks`.
+  """Top-k of `users` over a blocked item table: the traceable core of `search_blocks`.
 
   Args:
-    users: prepared user rows (`scoring.prepare_users`).
+    users: prepared user rows (`scoring.prepare_users`), B of them.
     table: item table, leaves shaped (num_blocks, block, ...), block a multiple of 32.
-    rows, cols: excluded (user row in the batch, global item id) pairs; rows >= B are padding.
-    id_offset: global id of the table's first item (traced; nonzero for a shard of the items).
+    rows, cols: excluded (user row in the batch, global table row) pairs; rows >= B are padding.
+    id_offset: global row of the table's first row (traced; nonzero for a shard of the items).
     k: results per user.
-    num_items: total real items (global ids >= num_items are padding).
+    num_items: total real items (global rows >= num_items are padding).
     init: the initial (B, k) running result (default: empty); under `shard_map` it must be cast to
       vary over the mesh axis, like the carry it starts.
 
   Returns:
-    (scores, items): (B, k) float32 and int32 (global ids, -1 where fewer than k eligible items).
+    (key words, rows): a tuple of (B, k) float32 words and (B, k) int32 global rows (-1 where fewer than k
+    eligible items).
   """
-  batch = users.shape[0]
-  num_blocks, block = table.data.shape[:2]
+  batch = users.num_rows
+  num_blocks, block = table.data[0].shape[:2]
   ng = block // GROUP
   kg = min(k, ng)
 
   def body(carry, xs):
     best_vals, best_ids = carry
     blk, j = xs
-    start = id_offset + j * block  # global id of the block's first item
+    start = id_offset + j * block  # global row of the block's first row
     mask = _exclusion_mask(rows, cols, start, batch, block)
     valid = (start + jnp.arange(block).reshape(ng, GROUP)) < num_items
-    gmax = _group_maxima(users, blk, mask, valid)  # (B, ng)
-    _, groups = jax.lax.top_k(_to_float(gmax), kg)
-    groups = jnp.sort(groups, axis=1)  # ascending ids, so top_k's index tie-break = id tie-break
+    gmax = _group_maxima(users, blk, mask, valid)  # (B, ng) words
+    _, groups = lex_top_k(gmax, kg)
+    groups = jnp.sort(groups, axis=1)  # ascending rows, so top_k's index tie-break = row tie-break
     cand = _candidate_keys(users, blk, groups)
     cand = _group_masked(cand, jnp.take_along_axis(mask, groups, axis=1), valid[groups])
-    vals, pos = jax.lax.top_k(_to_float(cand).reshape(batch, kg * GROUP), min(k, kg * GROUP))
+    cand = tuple(_to_float(c).reshape(batch, kg * GROUP) for c in cand)
+    vals, pos = lex_top_k(cand, min(k, kg * GROUP))
     ids = start + jnp.take_along_axis(groups, pos // GROUP, axis=1) * GROUP + pos % GROUP
     return merge_topk(best_vals, best_ids, vals, ids.astype(jnp.int32), k), None
 
-  init = init if init is not None else empty_result(batch, k)
+  init = init if init is not None else empty_result(batch, k, table.words)
   (vals, ids), _ = jax.lax.scan(body, init, (table, jnp.arange(num_blocks, dtype=jnp.int32)))
-  return vals, jnp.where(jnp.isneginf(vals), -1, ids)
+  return vals, jnp.where(jnp.isneginf(vals[0]), -1, ids)
 
 
-def empty_result(batch: int, k: int) -> tuple[jax.Array, jax.Array]:
-  return jnp.full((batch, k), -jnp.inf, jnp.float32), jnp.full((batch, k), -1, jnp.int32)
+def empty_result(batch: int, k: int, words: int = 1):
+  return (tuple(jnp.full((batch, k), -jnp.inf, jnp.float32) for _ in range(words)),
+          jnp.full((batch, k), -1, jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_items"))
-def search_blocks(users: jax.Array, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array, *, k: int,
+def search_blocks(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array, *, k: int,
                   num_items: int):
   """Jitted `scan_search` over a whole (unsharded) blocked item table."""
   return scan_search(users, table, rows, cols, jnp.int32(0), k=k, num_items=num_items)
@@ -199,7 +284,7 @@ def search_blocks(users: jax.Array, table: scoring.ItemTable, rows: jax.Array, c
 
 def exclusion_pairs(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, batch: int,
                     min_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """Flat (row in batch, item id) pairs of `users`' CSR rows, padded to a power of two with row = batch.
+  """Flat (row in batch, item) pairs of `users`' CSR rows, padded to a power of two with row = batch.
 
   The padding keeps the number of distinct shapes (and so compilations) logarithmic.
   """
@@ -259,7 +344,7 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
   """Top-k items for `users`, each user's excluded (training) items removed.
 
   Args:
-    user_rep: (num_users, d) float array or QuantizedMatrix: all users.
+    user_rep: (num_users, d) float array, QuantizedMatrix or LayeredQuantized: all users.
     item_rep: (num_items, d) of the same kind.
     exclude_indptr, exclude_indices: CSR over all users of the items to exclude (e.g. `data.train`).
     users: (B,) user ids to retrieve for.
@@ -269,13 +354,14 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
     method: scoring method (see `scoring.ranking_scores`).
 
   Returns:
-    (scores, items): numpy (B, k) float32 ranking keys and int32 item ids, best first, ties by lower id;
-    id -1 (key -inf) where a user has fewer than k eligible items.
+    (scores, items): numpy (B, k) float32 ranking keys and int32 item ids, best first, ties by lower id
+    (exactly the order of the dequantized scores, see `scoring`); id -1 (key -inf) where a user has fewer
+    than k eligible items.
   """
   users, exclude_indptr, exclude_indices, num_items, prepared, table = prepare_search(
       user_rep, item_rep, exclude_indptr, exclude_indices, users, k, method)
-  blocked, _ = pad_table(table, block_items)
-  return search_prepared(prepared, blocked, num_items, exclude_indptr, exclude_indices, users, k,
+  blocked_table, _ = pad_table(table, block_items)
+  return search_prepared(prepared, blocked_table, num_items, exclude_indptr, exclude_indices, users, k,
                          batch_users=batch_users)
 
 
@@ -288,29 +374,55 @@ def prepare_search(user_rep, item_rep, exclude_indptr, exclude_indices, users, k
   users = np.asarray(users, np.int64).reshape(-1)
   exclude_indptr = np.asarray(exclude_indptr, np.int64)
   exclude_indices = np.asarray(exclude_indices, np.int32)
-  num_users = int(np.shape(scoring._array(user_rep))[0])
-  num_items = int(np.shape(scoring._array(item_rep))[0])
+  num_users = scoring.num_rows(user_rep)
+  num_items = scoring.num_rows(item_rep)
   check_topk_args(num_users, num_items, users, k, exclude_indptr)
-  method = scoring.default_method(scoring.rep_bits(user_rep)) if method == "auto" else method
   table = scoring.prepare_items(item_rep, user_rep, method)
-  prepared = scoring.prepare_users(user_rep, method)
+  prepared = scoring.prepare_users(user_rep, table)
   return users, exclude_indptr, exclude_indices, num_items, prepared, table
 
 
-def search_prepared(prepared_users: jax.Array, blocked: scoring.ItemTable, num_items: int,
+def key_values(words, spec: scoring.KeySpec) -> np.ndarray:
+  """(B, k) float32 values of the result's key words (exact below 2^24; -inf for removed)."""
+  words = [np.asarray(w) for w in words]
+  if spec.tier == "i32":
+    first = words[0]
+    out = np.asarray(limbs_lib.decode_int32(jnp.asarray(first))).astype(np.float32)
+    return np.where(np.isneginf(first), -np.inf, out).astype(np.float32)
+  if len(words) == 1:
+    return words[0].astype(np.float32)
+  value = np.zeros(words[0].shape, np.float64)
+  for w in words:
+    value = value * float(1 << limbs_lib.WORD_BITS) + w.astype(np.float64)
+  return np.where(np.isneginf(words[0]), -np.inf, value).astype(np.float32)
+
+
+def search_prepared(prepared_users: scoring.UserRows, blocked_table: scoring.ItemTable, num_items: int,
                     exclude_indptr: np.ndarray, exclude_indices: np.ndarray, users: np.ndarray, k: int, *,
                     batch_users: int = 1024, search_fn=None) -> tuple[np.ndarray, np.ndarray]:
-  """`topk` on already prepared users (all of them) and a blocked item table (reused by benchmarks)."""
+  """`topk` on already prepared users (all of them) and a blocked item table (reused by benchmarks).
+
+  Excluded item ids are mapped to table rows first and the result rows back to item ids (`ItemTable.ids`).
+  """
   search_fn = search_fn or functools.partial(search_blocks, k=k, num_items=num_items)
+  row_ids = None
+  if blocked_table.ids is not None:
+    row_ids = np.asarray(blocked_table.ids).reshape(-1)[:num_items]
+    row_of = np.empty(num_items, np.int32)
+    row_of[row_ids] = np.arange(num_items, dtype=np.int32)
+    exclude_indices = row_of[np.asarray(exclude_indices, np.int64)]
   batch = min(batch_users, max(len(users), 1))
   out_vals, out_ids = [], []
   for lo in range(0, len(users), batch):
     ids = users[lo:lo + batch]
     padded = np.concatenate([ids, np.zeros(batch - len(ids), np.int64)])
     rows, cols = exclusion_pairs(exclude_indptr, exclude_indices, ids, batch)
-    vals, items = search_fn(prepared_users[padded], blocked, jnp.asarray(rows), jnp.asarray(cols))
-    out_vals.append(np.asarray(vals)[:len(ids)])
-    out_ids.append(np.asarray(items)[:len(ids)])
+    words, found = search_fn(prepared_users[padded], blocked_table, jnp.asarray(rows), jnp.asarray(cols))
+    out_vals.append(key_values(words, blocked_table.spec)[:len(ids)])
+    out_ids.append(np.asarray(found)[:len(ids)])
   if not out_vals:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
-  return np.concatenate(out_vals), np.concatenate(out_ids)
+  scores, found = np.concatenate(out_vals), np.concatenate(out_ids)
+  if row_ids is not None:
+    found = np.where(found >= 0, row_ids[np.maximum(found, 0)], -1).astype(np.int32)
+  return scores, found

@@ -4,8 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO, subprocess_env
+
+from hq_jax import export
+from hq_jax.quant import quantizer
 
 
 def _run(*args):
@@ -32,10 +36,39 @@ def test_tiny_synthetic_run_writes_json_and_table(tmp_path):
   assert "| 1bit_xor_popcount |" in out.with_suffix(".md").read_text()
 
 
+def test_new_representations_and_export_codes_without_faiss(tmp_path):
+  """Per-row scales (float32 and 8-bit) and layer-wise codes from the synthetic floats; then a quantized
+  export, whose own integer codes are searched first ("export") and equal the exact ranking."""
+  out = tmp_path / "bench"
+  proc = _run("--num_users=40", "--num_items=700", "--dim=64", "--k=5", "--repeats=1", "--batch_users=16",
+              "--block_items=256", "--faiss=",
+              "--methods=float32,1bit_row32_xor_popcount,1bit_row8_xor_popcount,1bit_4layers_row8", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = {r["method"]: r for r in json.loads(out.with_suffix(".json").read_text())["methods"]}
+  assert rows["1bit_row32_xor_popcount"]["key_tier"] in ("i32", "limbs")  # 64 G_i: 24-bit G, one binade or more
+  assert rows["1bit_row8_xor_popcount"]["key_tier"] in ("i32", "f32")
+  assert rows["1bit_4layers_row8"]["kind"] == "mixed"
+  rng = np.random.default_rng(0)
+  users, items = (quantizer.quantize(rng.standard_normal((n, 32)), 8) for n in (30, 500))
+  export.save_export(str(tmp_path / "e.npz"), users, items)
+  proc = _run(f"--export={tmp_path / 'e.npz'}", "--k=5", "--repeats=1", "--faiss=", "--methods=float32",
+              f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = {r["method"]: r for r in json.loads(out.with_suffix(".json").read_text())["methods"]}
+  assert set(rows) == {"float32"}  # --methods given: only those
+  proc = _run(f"--export={tmp_path / 'e.npz'}", "--k=5", "--repeats=1", "--faiss=", "--methods=export,float32",
+              f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = {r["method"]: r for r in json.loads(out.with_suffix(".json").read_text())["methods"]}
+  assert rows["export"]["bits"] == 8 and rows["export"]["key_tier"] == "f32"
+  assert rows["export"]["recall"] > 0.9  # the codes' own ranking against the float32 ranking of their floats
+
+
 @pytest.mark.parametrize("name, args, message", [
     ("unknown_method", ["--methods=2bit_magic"], "unknown method(s) 2bit_magic"),
     ("k_too_large", ["--num_items=10", "--k=11"], "--k=11 must be between 1 and the number of items"),
     ("missing_export", ["--export=/nonexistent/export.npz"], "export file not found"),
+    ("export_method_without_export", ["--methods=export"], "unknown method(s) export"),
 ])
 def test_bad_input_exits_2_with_one_line(name, args, message):
   proc = _run("--num_users=4", "--num_items=50", "--faiss=", *args)

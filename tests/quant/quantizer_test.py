@@ -146,3 +146,134 @@ def test_nbytes_packed(bits, expected):
 def test_unsupported_bits():
   with pytest.raises(ValueError):
     quantizer.quantize(_random((4, 4)), 5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-row scales in 8 bits
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _np_quantize_scales(s):
+  """Reference for `quantize_scales` in float64 (module docstring's formula)."""
+  s = np.asarray(s, np.float64).reshape(-1, 1)
+  smax, smin = s.max(), s.min()
+  exponent = int(np.floor(np.log2(smax))) - 15
+  if smax > smin:
+    exponent = max(exponent, int(np.ceil(np.log2((smax - smin) / 254))))
+  step = 2.0**exponent
+  base = np.floor(smin / step)
+  codes = np.clip(np.round(s / step) - base, max(1 - base, 0), 255)
+  return codes, base * step, step
+
+
+SCALE_GOLDEN = [  # name, scales, codes, minimum, step
+    ("power_of_two_step", [1.0, 1.5, 2.0], [0, 64, 128], 1.0, 2.0**-7),
+    ("all_equal_16_bit_precision", [0.3, 0.3, 0.3], [1, 1, 1], 39321 * 2.0**-17, 2.0**-17),
+    ("tiny_scale_rounds_up_not_to_zero", [1e-6, 1.0], [1, 128], 0.0, 2.0**-7),
+    ("wide_spread", [0.001, 100.0], [1, 200], 0.0, 0.5),
+]
+
+
+@pytest.mark.parametrize("name, scales, codes, minimum, step", SCALE_GOLDEN, ids=[g[0] for g in SCALE_GOLDEN])
+def test_quantize_scales_golden(name, scales, codes, minimum, step):
+  sc = jax.jit(quantizer.quantize_scales)(jnp.asarray(scales, jnp.float32).reshape(-1, 1))
+  assert sc.codes.dtype == jnp.uint8 and sc.codes.shape == (len(scales), 1)
+  np.testing.assert_array_equal(np.asarray(sc.codes)[:, 0], codes, err_msg=name)
+  assert float(sc.minimum) == minimum and float(sc.step) == step
+
+
+@pytest.mark.parametrize("seed, spread", [(0, 0.5), (1, 3.0), (2, 100.0), (3, 1e-4)])
+def test_quantize_scales_matches_numpy_and_is_exact(seed, spread):
+  s = np.random.default_rng(seed).uniform(1.0, 1.0 + spread, (200, 1)).astype(np.float32)
+  sc = quantizer.quantize_scales(s)
+  codes, minimum, step = _np_quantize_scales(s)
+  np.testing.assert_array_equal(np.asarray(sc.codes, np.float64), codes)
+  assert float(sc.minimum) == minimum and float(sc.step) == step
+  values = np.asarray(sc.values(), np.float64)
+  np.testing.assert_array_equal(values, minimum + step * codes)  # float32 values are exact
+  assert np.all(values > 0) and np.max(np.abs(values - s)) <= step / 2
+  assert minimum / step <= 1 << 16
+
+
+def test_row_scales_in_8_bits():
+  x = _random((16, 8))
+  qm = quantizer.quantize(x, 1, scale=quantizer.sign_scale(x, "row"), scale_bits=8)
+  assert isinstance(qm.scale, quantizer.ScaleCodes) and qm.scale_bits == 8 and qm.per_row_scale
+  np.testing.assert_array_equal(np.asarray(qm.dequantize()),
+                                np.asarray(qm.scale.values()) * np.where(x >= 0, 1.0, -1.0))
+  assert qm.nbytes_packed() == 16 * 1 + (16 + 8) + 4  # codes, scale codes + min + step, offset
+  fp = quantizer.quantize(x, 1, scale=quantizer.sign_scale(x, "row"))
+  assert fp.scale_bits == 32 and fp.nbytes_packed() == 16 * 1 + 16 * 4 + 4
+  leaves, treedef = jax.tree.flatten(qm)
+  assert len(leaves) == 5 and jax.tree.unflatten(treedef, leaves).scale_bits == 8
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("matrix_scale", dict(bits=1, scale_bits=8)),
+    ("b_bit", dict(bits=4, scale_bits=8)),
+    ("unknown_width", dict(bits=1, scale_bits=16)),
+])
+def test_scale_bits_errors(name, kwargs):
+  with pytest.raises(ValueError, match="scale_bits"):
+    quantizer.quantize(_random((4, 4)), **kwargs)
+
+
+@pytest.mark.parametrize("name, rep, expected", [
+    ("1bit_d64_matrix_scale", lambda: quantizer.quantize(_random((100, 64)), 1), 64 + 64 / 100),
+    ("1bit_d64_row8", lambda: quantizer.quantize(_random((100, 64)), 1, scale=np.ones((100, 1), np.float32),
+                                                 scale_bits=8), 64 + 8 + 96 / 100),
+    ("4bit_d10", lambda: quantizer.quantize(_random((50, 10)), 4), 40 + 64 / 50),
+    ("layered_4x16_row8", lambda: quantizer.quantize_layers([_random((10, 16))] * 4, 1, scale_mode="row",
+                                                            scale_bits=8), 4 * (16 + 8 + 96 / 10)),
+])
+def test_bits_per_node(name, rep, expected):
+  assert quantizer.bits_per_node(rep()) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layer-wise codes
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_layers, scheme, expected", [
+    (3, "mean", (1 / 3, 1 / 3, 1 / 3)),
+    (4, "mean", (0.25,) * 4),
+    (3, "bigear", (1 / 9, 4 / 9, 1.0)),  # BiGeaR scales both sides by (k + 1) / (K + 1)
+    (2, "bigear", (0.25, 1.0)),
+])
+def test_layer_weights(num_layers, scheme, expected):
+  got = quantizer.layer_weights(num_layers, scheme)
+  np.testing.assert_allclose(got, expected, rtol=1e-15)
+  exact = quantizer.exact_weights(got)
+  assert [w.limit_denominator(100) for w in exact] == list(exact)  # small rationals, e.g. exactly 1/3
+  assert float(sum(exact)) == pytest.approx(sum(expected))
+
+
+def test_layer_weights_errors():
+  with pytest.raises(ValueError, match="unknown layer weight scheme"):
+    quantizer.layer_weights(3, "median")
+  with pytest.raises(ValueError, match="one weight per layer"):
+    quantizer.LayeredQuantized((quantizer.quantize(_random((3, 4)), 1),), (0.5, 0.5))
+  with pytest.raises(ValueError, match="positive"):
+    quantizer.LayeredQuantized((quantizer.quantize(_random((3, 4)), 1),), (-1.0,))
+
+
+def test_layered_dequantize_is_the_weighted_concatenation():
+  xs = [_random((6, 8), seed=s) for s in range(3)]
+  rep = quantizer.quantize_layers(xs, 2, weights="bigear")
+  assert rep.shape == (6, 24) and rep.dims == (8, 8, 8) and rep.num_rows == 6
+  want = np.concatenate([np.sqrt(w) * np.asarray(quantizer.quantize(x, 2).dequantize(), np.float64)
+                         for w, x in zip((1 / 9, 4 / 9, 1.0), xs)], axis=1)
+  np.testing.assert_allclose(np.asarray(rep.dequantize()), want, rtol=1e-6, atol=1e-7)
+  # the concatenation's inner products are the weighted per-layer inner products
+  deq = [np.asarray(q.dequantize(), np.float64) for q in rep.layers]
+  weighted = sum(w * d @ d.T for w, d in zip((1 / 9, 4 / 9, 1.0), deq))
+  np.testing.assert_allclose(want @ want.T, weighted, rtol=1e-12)
+  assert rep.nbytes_packed() == sum(q.nbytes_packed() for q in rep.layers)
+
+
+def test_layered_is_a_pytree_with_static_weights():
+  rep = quantizer.quantize_layers([_random((4, 8)), _random((4, 8), seed=1)], 1, scale_mode="row", scale_bits=8)
+  out = jax.jit(lambda r: r)(rep)
+  assert out.weights == rep.weights and isinstance(out.layers[0].scale, quantizer.ScaleCodes)
+  assert len(jax.tree.leaves(rep)) == 2 * 5

@@ -6,8 +6,9 @@ import pytest
 import retrieval_ref as ref
 
 from hq_jax.errors import UserError
-from hq_jax.quant.quantizer import QuantizedMatrix
-from hq_jax.retrieval.topk import GROUP, TILE, block_size, exclusion_pairs, tile_size, topk
+from hq_jax.quant import quantizer
+from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix
+from hq_jax.retrieval.topk import GROUP, TILE, block_size, exclusion_pairs, lex_top_k, tile_size, topk
 
 NU, NI, D, K = 37, 1000, 19, 8
 
@@ -20,14 +21,14 @@ def _exclusions(rng, nu, ni, max_len):
   return indptr, indices
 
 
-def _rep(rng, n, bits, scale, offset, per_row=False):
+def _rep(rng, n, bits, scale, offset, per_row=False, d=D):
   if bits == 0:  # small dyadic floats: the float32 matmul is exact, ties are real ties
-    return (rng.integers(-4, 5, (n, D)) / 4).astype(np.float32)
+    return (rng.integers(-4, 5, (n, d)) / 4).astype(np.float32)
   if bits == 1:
-    codes = jnp.asarray(rng.choice([-1, 1], (n, D)), jnp.int8)
+    codes = jnp.asarray(rng.choice([-1, 1], (n, d)), jnp.int8)
     s = rng.choice([0.25, 0.5, 0.75], (n, 1)) if per_row else scale
     return QuantizedMatrix(codes, jnp.asarray(s, jnp.float32), jnp.float32(0), 1)
-  codes = jnp.asarray(rng.integers(0, 1 << bits, (n, D)), jnp.uint8)
+  codes = jnp.asarray(rng.integers(0, 1 << bits, (n, d)), jnp.uint8)
   return QuantizedMatrix(codes, jnp.float32(scale), jnp.float32(offset), bits)
 
 
@@ -108,6 +109,103 @@ def test_user_errors(name, k, users, message):
   with pytest.raises(UserError, match=message):
     topk(x, np.ones((10, 3), np.float32), np.zeros(3, np.int64), np.zeros(0, np.int32),
                   np.array(users), k)
+
+
+WIDE = [  # name, bits, d, method, user (scale, offset), item (scale, offset): short-mantissa dyadic values
+    ("8bit_d64", 8, 64, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
+    ("8bit_d300", 8, 300, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
+    ("8bit_d1024_int8", 8, 1024, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
+    ("8bit_d4096_int8", 8, 4096, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
+    ("8bit_d4096_int_matmul_chunks", 8, 4096, "int_matmul", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
+    ("3bit_d64", 3, 64, "auto", (0.375, -1.25), (0.625, -0.5)),
+    ("2bit_d300", 2, 300, "auto", (0.375, -1.25), (0.625, -0.5)),
+]
+
+
+@pytest.mark.parametrize("name, bits, d, method, u, i", WIDE, ids=[c[0] for c in WIDE])
+def test_wide_codes_match_float64_reference(name, bits, d, method, u, i):
+  """8 bits up to d = 4096 (past one exact float32 matmul) and other widths: the exact top-K, exclusions on."""
+  rng = np.random.default_rng(len(name) + d)
+  users = _rep(rng, 9, bits, *u, d=d)
+  items = _rep(rng, 700, bits, *i, d=d)
+  items = QuantizedMatrix(items.codes.at[600].set(items.codes[100]), items.scale, items.offset, bits)  # a tie
+  indptr, indices = _exclusions(rng, 9, 700, 50)
+  query = np.arange(9)
+  _, items_out = topk(users, items, indptr, indices, query, K, block_items=256, batch_users=4, method=method)
+  want = ref.reference_topk(ref.float64_scores(users, items), indptr, indices, query, K)
+  np.testing.assert_array_equal(items_out, want)
+
+
+def _row_scaled(rng, n, d, scale_bits):
+  x = jnp.asarray(rng.standard_normal((n, d)) * rng.uniform(0.2, 3.0, (n, 1)), jnp.float32)
+  return quantizer.quantize(x, 1, scale=quantizer.sign_scale(x, "row"), scale_bits=scale_bits)
+
+
+NEW_REPS = [  # name, builder(rng) -> (users, items)
+    ("1bit_row_scales_float32", lambda r: (_row_scaled(r, 9, 40, 32), _row_scaled(r, 700, 40, 32))),
+    ("1bit_row_scales_8bit", lambda r: (_row_scaled(r, 9, 40, 8), _row_scaled(r, 700, 40, 8))),
+    ("layered_1bit_row8_bigear", lambda r: tuple(LayeredQuantized(tuple(_row_scaled(r, n, 24, 8) for _ in range(3)),
+                                                                  quantizer.layer_weights(3, "bigear"))
+                                                 for n in (9, 700))),
+    ("layered_mixed_mean", lambda r: tuple(
+        LayeredQuantized((_row_scaled(r, n, 16, 8), quantizer.quantize(r.standard_normal((n, 16)), 4),
+                          quantizer.quantize(r.standard_normal((n, 32)), 8)), quantizer.layer_weights(3, "mean"))
+        for n in (9, 700))),
+]
+
+
+@pytest.mark.parametrize("name, build", NEW_REPS, ids=[c[0] for c in NEW_REPS])
+def test_new_representations_match_exact_reference(name, build):
+  """Per-row scales (float32, 8-bit) and layer-wise codes: the exact rational top-K, exclusions on."""
+  rng = np.random.default_rng(len(name))
+  users, items = build(rng)
+  indptr, indices = _exclusions(rng, 9, 700, 50)
+  query = np.array([3, 0, 8, 3])
+  scores, items_out = topk(users, items, indptr, indices, query, K, block_items=256, batch_users=3)
+  exact = ref.exact_scores(jax_take(users, query), items)
+  want = np.stack([ref.ranked(exact[r], K, indices[indptr[u]:indptr[u + 1]]) for r, u in enumerate(query)])
+  np.testing.assert_array_equal(items_out, want)
+  assert (scores[:, 1:] <= scores[:, :-1]).all()
+
+
+def jax_take(rep, rows):
+  """The rows of a quantized rep (per-row scales follow their rows)."""
+  take = lambda v: v if np.ndim(v) == 0 else jnp.asarray(v)[rows]
+  if isinstance(rep, LayeredQuantized):
+    return LayeredQuantized(tuple(jax_take(q, rows) for q in rep.layers), rep.weights)
+  scale = rep.scale
+  if isinstance(scale, quantizer.ScaleCodes):
+    scale = quantizer.ScaleCodes(jnp.asarray(scale.codes)[rows], scale.minimum, scale.step)
+  else:
+    scale = take(scale)
+  return QuantizedMatrix(jnp.asarray(rep.codes)[rows], scale, rep.offset, rep.bits)
+
+
+LEX = [  # name, words (rows of (w0, w1) per position), k, expected positions
+    ("first_word_decides", [(3, 0), (5, 0), (4, 9)], 2, [1, 2]),
+    ("second_word_breaks_ties", [(5, 1), (5, 3), (5, 2), (1, 9)], 3, [1, 2, 0]),
+    ("full_ties_by_position", [(2, 7), (2, 7), (2, 7), (2, 8)], 3, [3, 0, 1]),
+    ("threshold_inside_ties", [(9, 0), (4, 1), (4, 5), (4, 5), (4, 2)], 3, [0, 2, 3]),
+    ("removed_last", [(-np.inf, -np.inf), (1, 0), (-np.inf, -np.inf)], 3, [1, 0, 2]),
+]
+
+
+@pytest.mark.parametrize("name, rows, k, expected", LEX, ids=[c[0] for c in LEX])
+def test_lex_top_k_golden(name, rows, k, expected):
+  words = tuple(jnp.asarray([[r[j] for r in rows]], jnp.float32) for j in range(2))
+  vals, pos = lex_top_k(words, k)
+  np.testing.assert_array_equal(np.asarray(pos)[0], expected, err_msg=name)
+  np.testing.assert_array_equal(np.asarray(vals[0])[0], [rows[p][0] for p in expected])
+
+
+def test_lex_top_k_matches_sorting_random_words():
+  rng = np.random.default_rng(0)
+  words = tuple(jnp.asarray(rng.integers(0, 3, (20, 50)), jnp.float32) for _ in range(3))
+  _, pos = lex_top_k(words, 7)
+  w = [np.asarray(x) for x in words]
+  for b in range(20):
+    want = sorted(range(50), key=lambda i: (-w[0][b, i], -w[1][b, i], -w[2][b, i], i))[:7]
+    np.testing.assert_array_equal(np.asarray(pos)[b], want)
 
 
 def test_exclusion_pairs_pad_to_power_of_two():
