@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from hq_jax import evaluation
+from hq_jax import export
 from hq_jax.checkpoint import Checkpointer
 from hq_jax.data.interactions import InteractionData, load_dataset, validation_split
 from hq_jax.errors import UserError
@@ -30,7 +31,6 @@ from hq_jax.hqgnn import model as model_lib
 from hq_jax.hqgnn import sampling
 from hq_jax.quant import curvature
 from hq_jax.quant import module as quant_module
-from hq_jax.quant.quantizer import QuantizedMatrix
 from hq_jax.workdir import RunDir, device_description, now_iso, progress
 
 
@@ -271,18 +271,6 @@ def gradient_change(x: jax.Array, xhat: jax.Array, delta: jax.Array) -> dict:
           "max": float(jnp.max(change)), "frac_above_1pct": float(jnp.mean(change > 0.01))}
 
 
-def export_arrays(users, items) -> dict:
-  """The export.npz arrays: float embeddings, or integer codes plus every scalar needed to dequantize."""
-  if isinstance(users, QuantizedMatrix):
-    out = {"bits": np.asarray(users.bits, np.int32)}
-    for name, qm in (("user", users), ("item", items)):
-      out[f"{name}_codes"] = np.asarray(qm.codes)
-      out[f"{name}_scale"] = np.asarray(qm.scale, np.float32)
-      out[f"{name}_offset"] = np.asarray(qm.offset, np.float32)
-    return out
-  return {"user_embeddings": np.asarray(users), "item_embeddings": np.asarray(items)}
-
-
 def representation_bytes(users, items) -> int:
   """Bytes of the stored user + item representation: bit-packed codes + float32 scalars, or float32."""
   if hasattr(users, "nbytes_packed"):  # QuantizedMatrix or LayeredQuantized
@@ -423,7 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   # ------------------------------------------------------------------------------------------------------
   users, items = jax.device_get(represent_fn(params, *graph_args))
   final = evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks), batch_size=config.eval.batch_size)
-  run.write_export(export_arrays(users, items))
+  run.write_export(export.export_arrays(users, items))
   run.metrics.set_final({"step": epochs, "epoch": epochs, **final})
   stored = representation_bytes(users, items)
   results = {

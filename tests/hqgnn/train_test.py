@@ -257,3 +257,25 @@ def test_pretrain_then_quantize_in_one_run_equals_init_from(reference_run, tmp_p
   assert train.train_and_evaluate(by_hand, str(tmp_path / "q"))["metrics"] == results["metrics"]
   with pytest.raises(UserError, match="exclude each other"):
     train.train_and_evaluate(_config(pretrain_epochs=2, init_from=str(tmp_path / "fp")), str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("codes,scale_bits,estimator,weights", [("final", 8, "gaussian", "mean"),
+                                                                ("layerwise", 8, "gste", "bigear"),
+                                                                ("layerwise", 32, "ste", "mean")])
+def test_row_scales_and_layerwise_codes_export_what_was_evaluated(tmp_path, codes, scale_bits, estimator, weights):
+  config = _config(epochs=2)
+  config.quant.update(bits="1", one_bit_scale="row", scale_bits=scale_bits, estimator=estimator, codes=codes,
+                      layer_weights=weights, delta_every=1)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  layers = 3 if codes == "layerwise" else 1  # K = 2 in the test config
+  # Bits per node: 16 sign bits (2 bytes) + the row scale (4 bytes, or 1 byte + 8 per matrix) + the offset,
+  # per layer; over users and items.
+  n = 1892 + 4489
+  per_matrix = (lambda rows: rows * (2 + (1 if scale_bits == 8 else 4)) + (8 if scale_bits == 8 else 0) + 4)
+  assert results["representation_bytes"] == layers * (per_matrix(1892) + per_matrix(4489))
+  assert results["bits_per_node"] == pytest.approx(8 * results["representation_bytes"] / n)
+  user_rep, item_rep = evaluation.load_embeddings(str(tmp_path / "export.npz"))
+  assert evaluation.evaluate(user_rep, item_rep, load_dataset(None), ks=(20, 50)) == results["metrics"]
+  if estimator == "gste":
+    event = next(json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"delta"' in l and "event" in l)
+    assert set(event["gradient_change"]["users"]) == {"mean", "median", "p99", "max", "frac_above_1pct"}
