@@ -14,6 +14,7 @@ _CONFIG, _WORKDIR, _EXTEND = cli.define_training_flags()
 
 def main(argv):
   del argv
+  cli.initialize_distributed()  # --num_processes > 1: join the other processes before touching a device
   results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
   if results.get("status") == "stopped":
     print(f"stopped after epoch {results['epoch']} (config.train.stop_after_epochs); rerun to resume")

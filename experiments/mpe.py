@@ -15,6 +15,7 @@ _CONFIG, _WORKDIR, _EXTEND = cli.define_training_flags()
 
 def main(argv):
   del argv
+  cli.initialize_distributed()  # --num_processes > 1: join the other processes before touching a device
   r = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
   if r.get("status") == "stopped":
     print(f"stopped after step {r['step']} (config.train.stop_after_steps); rerun to resume")

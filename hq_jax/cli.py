@@ -2,8 +2,17 @@
 
 `run(main, prog)` is `absl.app.run` with the behaviour users expect from a research binary: a bad flag, an
 unknown `--config.` field or a missing config file gives one `prog: error: ...` line and exit status 2 (no
-traceback, no usage dump), `UserError`s raised by `main` do the same, and orbax/absl INFO chatter is kept
-out of the way unless `-v` / `--verbosity` asks for it.
+traceback, no usage dump), `UserError`s raised by `main` do the same, Ctrl-C gives one `prog: interrupted`
+line and exit status 130, and orbax/absl INFO chatter is kept out of the way unless `-v` / `--verbosity`
+asks for it.
+
+`define_training_flags()` also defines the multi-process flags (--coordinator_address, --num_processes,
+--process_id; default: one process). A trainer calls `initialize_distributed()` first thing in `main`, before
+anything touches a device; with --num_processes > 1 every process runs the same command with its own
+--process_id and they join one JAX runtime (CPU collectives over gloo):
+
+  python -m experiments.hqgnn --config=C.py --workdir=W --coordinator_address=host0:1234 \\
+      --num_processes=2 --process_id=0   # and --process_id=1 on the second process
 """
 
 import sys
@@ -13,7 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hq_jax.errors import exit_on_user_error
+from hq_jax.errors import UserError, exit_on_user_error
 
 
 def _fail(prog: str, message: str) -> None:
@@ -47,7 +56,8 @@ def _make_parser(prog: str):
 
 
 def define_training_flags():
-  """The flags every trainer binary takes: --config (a config file), --workdir and --extend.
+  """The flags every trainer binary takes: --config (a config file), --workdir, --extend, and the
+  multi-process flags that `initialize_distributed` reads.
 
   Returns:
     (config, workdir, extend) flag holders; read `.value` inside `main`.
@@ -60,7 +70,59 @@ def define_training_flags():
   extend = flags.DEFINE_bool("extend", False, "Allow a larger epoch budget than the workdir was started with "
                              "(a continuation, recorded in its config.json and results.json).")
   flags.mark_flags_as_required(["config", "workdir"])
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run (every "
+                      "process passes the same one); unset for one process.")
+  flags.DEFINE_integer("num_processes", 1, "Processes of a multi-process run; 1 (the default) runs alone.")
+  flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run, 0 .. num_processes - 1; "
+                       "process 0 writes the workdir's files.")
   return config, workdir, extend
+
+
+def check_distributed_settings(coordinator_address: str | None, num_processes: int, process_id: int) -> None:
+  """Raises a `UserError` naming the flag when the multi-process flags do not describe one valid run."""
+  if num_processes < 1:
+    raise UserError(f"--num_processes must be at least 1, got {num_processes}")
+  if not 0 <= process_id < num_processes:
+    raise UserError(f"--process_id must be in 0 .. {num_processes - 1} (--num_processes={num_processes}), "
+                    f"got {process_id}")
+  if num_processes == 1:
+    if coordinator_address:
+      raise UserError("--coordinator_address is for a multi-process run; set --num_processes > 1 too, or drop it")
+    return
+  if not coordinator_address:
+    raise UserError(f"--num_processes={num_processes} needs --coordinator_address=HOST:PORT (the address of "
+                    "process 0, the same on every process)")
+  host, sep, port = coordinator_address.rpartition(":")
+  if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+    raise UserError(f"--coordinator_address must be HOST:PORT with a port in 1 .. 65535, got "
+                    f"{coordinator_address!r}")
+
+
+def initialize_distributed() -> None:
+  """Joins this process to a multi-process run when --num_processes > 1; does nothing for one process.
+
+  Call it at the top of `main`, before anything touches a device (JAX fixes its backends at first use).
+  Sets gloo as the CPU collectives implementation (without it, CPU processes cannot run cross-process
+  collectives; it has no effect on GPU/TPU) and calls `jax.distributed.initialize`. After it,
+  `jax.devices()` holds the devices of every process and `jax.process_index()` is --process_id.
+
+  Raises:
+    UserError: the flags are inconsistent (`check_distributed_settings`), or the processes could not join
+      (coordinator unreachable, or not every process started before the timeout).
+  """
+  import jax  # noqa: PLC0415 - keeps `--help` and flag errors fast
+
+  f = flags.FLAGS
+  check_distributed_settings(f.coordinator_address, f.num_processes, f.process_id)
+  if f.num_processes == 1:
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
+                               process_id=f.process_id)
+  except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type for every failure to connect
+    raise UserError(f"process {f.process_id} of {f.num_processes} could not join the run at "
+                    f"{f.coordinator_address}: {_one_line(e)[:300]}") from None
 
 
 def run(main: Callable[[list[str]], None], prog: str) -> None:
@@ -71,7 +133,12 @@ def run(main: Callable[[list[str]], None], prog: str) -> None:
       logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
       _fail(prog, f"unexpected arguments: {' '.join(argv[1:])}")
-    with exit_on_user_error(prog):
-      main(argv)
+    try:
+      with exit_on_user_error(prog):
+        main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's status for SIGINT
+      resume = " (rerun the same command to resume from the last checkpoint)" if "workdir" in flags.FLAGS else ""
+      print(f"{prog}: interrupted{resume}", file=sys.stderr, flush=True)
+      sys.exit(130)
 
   app.run(wrapped, flags_parser=_make_parser(prog))
