@@ -13,12 +13,17 @@ A workdir holds
    that changes the result stops the run with one `UserError` line naming the keys. Only a larger epoch
    budget may differ, and only with `extend=True` (the binaries' `--extend` flag); it is then recorded as a
    continuation in `config.json` and `results.json`.
-2. `restore(abstract_state)` resumes from the newest checkpoint that restores; a damaged one (a crash during
-   a write, a bad disk, a partial copy) is reported in one warning line and moved aside, never deleted.
+2. `restore(abstract_state)` resumes from the newest checkpoint that restores with the arrays that were saved
+   (`hq_jax.checkpoint` stores a checksum with each step); a damaged one (a bad disk, a partial copy) is
+   reported in one warning line and moved aside, never deleted.
 3. `check_finite(losses, ...)` is called once per epoch with the epoch's losses (one host sync) and raises
    `NonFiniteLossError` with a message that is true whether or not a checkpoint exists yet.
 4. Every file is written atomically (temporary file in the same folder, then `os.replace`), so a kill during
-   any write leaves either the old file or the new one, never a half file that a rerun trusts.
+   any write leaves either the old file or the new one, never a half file that a rerun trusts; the next
+   `RunDir` deletes the temporary files and unfinished checkpoint saves that a killed run left behind.
+5. Under several JAX processes (`hq_jax.cli.initialize_distributed`) every process creates the `RunDir` and
+   makes the same calls; process 0 alone writes, moves and deletes files (the workdir must be on a file
+   system that every process sees), and checkpoints are saved and restored collectively.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +41,8 @@ from collections.abc import Callable, Iterable, Sequence
 import jax
 import numpy as np
 
-from hq_jax.checkpoint import Checkpointer
+from hq_jax.checkpoint import (Checkpointer, DamagedCheckpointError, damaged_step_folders,
+                               remove_unfinished_saves, sync_processes)
 from hq_jax.errors import NonFiniteLossError, UserError
 
 CONFIG_FILE = "config.json"
@@ -63,10 +70,16 @@ def _jsonable(obj):
 # ----------------------------------------------------------------------------------------------------------
 
 
+# Temporary files beside NAME: '.NAME.tmpPID' (`atomic_write`) and '.NAME.XXXXXXXX.tmp' (`tempfile.mkstemp`,
+# `hq_jax.export.save_export`).
+_TMP_FILE = re.compile(r"\..+\.tmp[0-9]+|\..+\.[a-z0-9_]{8}\.tmp")
+
+
 def atomic_write(path: str, write: Callable[[io.IOBase], None], *, binary: bool = False) -> None:
   """Calls `write(f)` on a temporary file beside `path`, syncs it, then renames it onto `path`.
 
-  A kill at any moment leaves `path` either as it was or complete; the temporary file is removed on errors.
+  A kill at any moment leaves `path` either as it was or complete; the temporary file is removed on errors
+  (after a kill, by the next `RunDir` on the folder).
   """
   folder = os.path.dirname(os.path.abspath(path))
   tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
@@ -97,10 +110,14 @@ def read_json(path: str):
 
 
 class MetricsLog:
-  """A JSON-lines log, one record per line, each with a `step` key; every change rewrites it atomically."""
+  """A JSON-lines log, one record per line, each with a `step` key; every change rewrites it atomically.
 
-  def __init__(self, path: str):
+  With `writer=False` (the processes other than 0 of a multi-process run) changes are not written.
+  """
+
+  def __init__(self, path: str, *, writer: bool = True):
     self.path = path
+    self.writer = writer
 
   def read(self) -> list[dict]:
     if not os.path.exists(self.path):
@@ -109,6 +126,8 @@ class MetricsLog:
       return [json.loads(line) for line in f if line.strip()]
 
   def _write(self, records: Sequence[dict]) -> None:
+    if not self.writer:
+      return
     atomic_write(self.path, lambda f: f.writelines(json.dumps(_jsonable(r)) + "\n" for r in records))
 
   def append(self, record: dict) -> None:
@@ -179,12 +198,19 @@ class RunDir:
   def __init__(self, workdir: str, config, *, epochs_key: str, ignore: Iterable[str] = (), extend: bool = False,
                max_to_keep: int = 2):
     self.workdir = workdir
+    self.writer = jax.process_index() == 0  # the process that writes the workdir's files
     os.makedirs(workdir, exist_ok=True)
     self.config = _jsonable(config)
     self.continuations: list[dict] = []
     self._check_config(epochs_key, tuple(ignore), extend)
+    self._damaged: list[int] = []  # steps moved aside by this run
+    if self.writer:
+      self._remove_unfinished_writes()
+      for step, reason in sorted(damaged_step_folders(self.path("checkpoints")).items(), reverse=True):
+        self._report_damaged(step, reason)
+    sync_processes(f"hq_jax RunDir {os.path.abspath(workdir)}")
     self.checkpoints = Checkpointer(self.path("checkpoints"), max_to_keep=max_to_keep)
-    self.metrics = MetricsLog(self.path("metrics.jsonl"))
+    self.metrics = MetricsLog(self.path("metrics.jsonl"), writer=self.writer)
     self.resumed_step: int | None = None
 
   def path(self, name: str) -> str:
@@ -193,6 +219,8 @@ class RunDir:
   def _check_config(self, epochs_key: str, ignore: tuple[str, ...], extend: bool) -> None:
     path = self.path(CONFIG_FILE)
     if not os.path.exists(path):
+      if not self.writer:
+        return
       if os.path.isdir(self.path("checkpoints")) and os.listdir(self.path("checkpoints")):
         _warn(f"{self.workdir} has checkpoints but no {CONFIG_FILE} (written by an older hq_jax); "
               "recording this run's config as the workdir's")
@@ -210,6 +238,8 @@ class RunDir:
       differing.remove(epochs_key)
       if not differing:
         self.continuations.append({"from_epochs": old, "to_epochs": new, "at": now_iso()})
+        if not self.writer:
+          return
         write_json(path, dict(stored, config=self.config, continuations=self.continuations))
         _warn(f"{self.workdir}: continuing the run from {epochs_key}={old} to {new} (recorded in {CONFIG_FILE})")
         return
@@ -222,20 +252,28 @@ class RunDir:
       raise UserError(f"{self.workdir} was started with another config: {shown}{more}; use a new --workdir, "
                       f"or rerun with the stored config ({path}){hint}")
 
+  def _remove_unfinished_writes(self) -> None:
+    """Deletes what a killed run left half-written: temporary files of `atomic_write` (silently) and
+    checkpoint saves that never finished (one warning line each); finished files are never touched."""
+    for name in os.listdir(self.workdir):
+      if _TMP_FILE.fullmatch(name) and os.path.isfile(self.path(name)):
+        os.remove(self.path(name))
+    for path in remove_unfinished_saves(self.path("checkpoints")):
+      _warn(f"removed {path}: a checkpoint save that was interrupted before it finished")
+
   # ---- checkpoints
 
   def restore(self, abstract_state):
     """The newest checkpoint that restores into `abstract_state`'s structure, or None when there is none.
 
     Stored shapes and dtypes are compared with `abstract_state` first (from the checkpoint's metadata). A
-    checkpoint that then fails to restore is damaged: one warning line, then it is moved to
-    `checkpoints_damaged/` and the next older one is tried.
+    checkpoint that then fails to restore, or restores other arrays than were saved (its checksum), is
+    damaged: one warning line, then it is moved to `checkpoints_damaged/` and the next older one is tried.
 
     Raises:
       UserError: a checkpoint's stored shapes differ from `abstract_state` (code or config changed), or
         every checkpoint was damaged.
     """
-    damaged = []
     for step in sorted(self.checkpoints.all_steps(), reverse=True):
       mismatch = self.checkpoints.shape_mismatch(abstract_state, step)  # orbax would restore other shapes
       if mismatch:
@@ -243,21 +281,25 @@ class RunDir:
                         f"({mismatch}); use a new --workdir")
       try:
         state = self.checkpoints.restore(abstract_state, step)
-      except Exception as e:  # noqa: BLE001 - orbax raises many kinds for damaged data
-        moved = self._move_aside(step)
-        _warn(f"checkpoint {step} in {self.checkpoints.directory} is damaged ({_first_line(e)}); "
-              f"moved to {moved}")
-        damaged.append(step)
+      except DamagedCheckpointError as e:
+        if self.writer:
+          self._report_damaged(step, e.reason)
+        else:
+          self._damaged.append(step)
+        sync_processes(f"hq_jax damaged checkpoint {step}")
+        self.checkpoints.reload()
         continue
       self.resumed_step = step
       return state
-    if damaged:
+    if self._damaged:
       raise UserError(f"{self.checkpoints.directory}: no checkpoint restores (damaged: steps "
-                      f"{', '.join(map(str, damaged))}, moved to {self.path(DAMAGED_DIR)}); rerun to start "
+                      f"{', '.join(map(str, self._damaged))}, moved to {self.path(DAMAGED_DIR)}); rerun to start "
                       "over from scratch, or restore a copy of the checkpoints")
     return None
 
-  def _move_aside(self, step: int) -> str:
+  def _report_damaged(self, step: int, reason: str) -> None:
+    """Moves checkpoint `step` to checkpoints_damaged/ (never deletes it) with one warning line."""
+    directory = os.path.abspath(self.path("checkpoints"))
     target_root = self.path(DAMAGED_DIR)
     os.makedirs(target_root, exist_ok=True)
     target = os.path.join(target_root, str(step))
@@ -265,9 +307,9 @@ class RunDir:
     while os.path.exists(target):
       target = os.path.join(target_root, f"{step}.{suffix}")
       suffix += 1
-    shutil.move(os.path.join(self.checkpoints.directory, str(step)), target)
-    self.checkpoints.reload()
-    return target
+    shutil.move(os.path.join(directory, str(step)), target)
+    self._damaged.append(step)
+    _warn(f"checkpoint {step} in {directory} is damaged ({reason}); moved to {target}")
 
   def save(self, step: int, state) -> None:
     self.checkpoints.save(step, state)
@@ -307,11 +349,13 @@ class RunDir:
     """Writes results.json (with the recorded continuations, if any) and returns what it wrote."""
     if self.continuations:
       results = dict(results, continuations=self.continuations)
-    write_json(self.path("results.json"), results)
+    if self.writer:
+      write_json(self.path("results.json"), results)
     return results
 
   def write_export(self, arrays: dict) -> None:
-    write_npz(self.path("export.npz"), arrays)
+    if self.writer:
+      write_npz(self.path("export.npz"), arrays)
 
   def close(self) -> None:
     self.checkpoints.close()
@@ -323,11 +367,6 @@ def progress(iterable, total: int, desc: str):
 
   return tqdm(iterable, total=total, desc=desc, delay=3.0, leave=False, dynamic_ncols=True, file=sys.stderr,
               disable=None)
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return (text[0] if text else type(e).__name__)[:200]
 
 
 def _show(v) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import ml_collections
 import numpy as np
@@ -101,3 +102,160 @@ def test_restore_with_other_shapes_is_a_mismatch_not_damage(tmp_path):
     run.restore({"x": np.zeros((4, 3), np.float32)})
   assert run.latest_step() == 1  # not moved aside
   run.close()
+
+
+def _state(seed):
+  rng = np.random.default_rng(seed)
+  return {"table": rng.normal(size=(300, 8)).astype(np.float32), "bias": rng.normal(size=(3,)).astype(np.float32),
+          "epoch": np.int32(seed)}
+
+
+def test_damage_anywhere_in_a_checkpoint_never_restores_other_values(tmp_path):
+  """Flip bytes in each file of a step: the restore raises, or gives back exactly what was saved (orbax
+  alone restores some small damaged arrays with other values; the checksum catches them)."""
+  import shutil
+  from hq_jax.checkpoint import Checkpointer
+  with Checkpointer(str(tmp_path / "ck")) as ck:
+    ck.save(1, _state(1))
+  files = sorted(p for p in (tmp_path / "ck" / "1").rglob("*") if p.is_file())
+  assert len(files) >= 5
+  outcomes = []
+  for i, path in enumerate(files):
+    copy = tmp_path / f"copy{i}"
+    shutil.copytree(tmp_path / "ck", copy)
+    target = copy / path.relative_to(tmp_path / "ck")
+    data = bytearray(target.read_bytes())
+    for j in range(min(100, len(data) - 1), len(data), 97):
+      data[j] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with Checkpointer(str(copy)) as ck:
+      try:
+        got = ck.restore(_state(1), 1)
+      except Exception:  # noqa: BLE001 - any error is a detected damage
+        outcomes.append("error")
+        continue
+    assert all(np.array_equal(np.asarray(got[k]), v) for k, v in _state(1).items()), path.name
+    outcomes.append("same")
+  assert "error" in outcomes
+
+
+def test_restore_moves_a_checksum_mismatch_aside_and_uses_the_older_step(tmp_path, capsys):
+  run = workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs")
+  run.save(1, _state(1))
+  run.save(2, _state(2))
+  checksum = tmp_path / "checkpoints" / "2" / "hq_jax_checksum.json"
+  saved = json.loads(checksum.read_text())
+  saved["leaves"][0][2] ^= 1
+  checksum.write_text(json.dumps(saved))
+  got = run.restore(_state(0))
+  assert run.resumed_step == 1 and int(got["epoch"]) == 1
+  assert np.array_equal(np.asarray(got["table"]), _state(1)["table"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and re.match(r"warning: checkpoint 2 in .* is damaged \(the arrays read differ from those "
+                                    r"saved: checksum mismatch\); moved to .*checkpoints_damaged/2$", err[0])
+  assert (tmp_path / "checkpoints_damaged" / "2" / "hq_jax_checksum.json").exists()
+  run.close()
+
+
+def test_rundir_removes_what_a_killed_run_left_half_written(tmp_path, capsys):
+  workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs").close()
+  (tmp_path / ".results.json.tmp4242").write_text('{"half": ')
+  (tmp_path / ".export.npz.k2_x9abc.tmp").write_bytes(b"PK half")  # hq_jax.export.save_export's temporary
+  (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp" / "default").mkdir(parents=True)
+  (tmp_path / "notes.tmp").write_text("not ours")
+  capsys.readouterr()
+  workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs").close()
+  assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "notes.tmp"]
+  assert os.listdir(tmp_path / "checkpoints") == []
+  assert re.fullmatch(r"warning: removed .*checkpoints/3\.orbax-checkpoint-tmp: a checkpoint save that was "
+                      r"interrupted before it finished\n", capsys.readouterr().err)
+
+
+def test_steps_orbax_would_only_log_about_are_set_aside_before_it_reads_them(tmp_path, capsys):
+  run = workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs")
+  run.save(1, _state(1))
+  run.save(2, _state(2))
+  run.close()
+  (tmp_path / "checkpoints" / "2" / "_CHECKPOINT_METADATA").write_bytes(b"\xff\xfe not json")
+  (tmp_path / "checkpoints" / "3").mkdir()  # a step folder whose files were lost
+  capsys.readouterr()
+  run = workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs")
+  err = capsys.readouterr().err.splitlines()
+  assert [l.split(" is damaged ")[0] for l in err] == [f"warning: checkpoint {s} in {tmp_path}/checkpoints"
+                                                       for s in (3, 2)], err
+  assert "holds neither _CHECKPOINT_METADATA nor data" in err[0] and "does not parse" in err[1]
+  assert int(run.restore(_state(0))["epoch"]) == 1 and sorted(os.listdir(tmp_path / "checkpoints_damaged")) == [
+      "2", "3"]
+  run.close()
+
+
+_TWO_PROCESS_RUN = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from hq_jax import checkpoint, workdir
+from hq_jax.errors import UserError
+mesh = jax.make_mesh((2,), ("rows",))
+table = np.arange(24, dtype=np.float32).reshape(8, 3)
+state = {"table": jax.make_array_from_callback(table.shape, NamedSharding(mesh, P("rows")), lambda i: table[i]),
+         "epoch": np.int32(5)}
+run = workdir.RunDir(sys.argv[3], {"train": {"epochs": 1}}, epochs_key="train.epochs")
+if sys.argv[4] == "save":
+  run.save(5, state)
+  run.metrics.append({"step": 5, "process": jax.process_index()})
+  run.write_results({"process": jax.process_index()})
+try:
+  got = run.restore(state)
+except UserError as e:
+  print(json.dumps({"error": str(e)}), flush=True)
+else:
+  print(json.dumps({"checksum": checkpoint.state_checksum(got), "resumed": run.resumed_step,
+                    "table": multihost_utils.process_allgather(got["table"], tiled=True).tolist()}), flush=True)
+run.close()
+"""
+
+
+def _two_processes(tmp_path, action):
+  import socket
+  import subprocess
+  import sys
+
+  from tests.conftest import REPO, subprocess_env
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESS_RUN, f"localhost:{port}", str(i),
+                             str(tmp_path / "w"), action], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, env=subprocess_env()) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+  return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs], [err for _, err in outs]
+
+
+def test_two_processes_save_one_checksum_of_the_global_arrays_and_restore_it(tmp_path):
+  from hq_jax.checkpoint import state_checksum
+  got, _ = _two_processes(tmp_path, "save")
+  table = np.arange(24, dtype=np.float32).reshape(8, 3)
+  expected = state_checksum({"table": table, "epoch": np.int32(5)})  # of the whole table, in one process
+  for g in got:
+    assert g["resumed"] == 5 and g["table"] == table.tolist() and g["checksum"] == json.loads(json.dumps(expected))
+  saved = json.loads((tmp_path / "w" / "checkpoints" / "5" / "hq_jax_checksum.json").read_text())
+  assert saved["leaves"] == json.loads(json.dumps(expected))
+  # process 0 alone wrote the workdir's files
+  assert [json.loads(l)["process"] for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()] == [0]
+  assert json.loads((tmp_path / "w" / "results.json").read_text()) == {"process": 0}
+  assert not [n for n in os.listdir(tmp_path / "w") if "tmp" in n]
+
+  # a checksum mismatch: both processes see the step as damaged, process 0 moves it aside once
+  checksum = tmp_path / "w" / "checkpoints" / "5" / "hq_jax_checksum.json"
+  saved["leaves"][0][2] ^= 1
+  checksum.write_text(json.dumps(saved))
+  got, errs = _two_processes(tmp_path, "restore")
+  for g in got:
+    assert g["error"].startswith(f"{tmp_path / 'w' / 'checkpoints'}: no checkpoint restores (damaged: steps 5")
+  assert "checksum mismatch" in errs[0] and "is damaged" not in errs[1]
+  assert os.listdir(tmp_path / "w" / "checkpoints_damaged") == ["5"]
