@@ -18,6 +18,7 @@ trained export, JAX float32 2.22 s vs FAISS FlatIP 1.24 s, 1 bit XOR/popcount 0.
 8 bit int8 1.61 s vs SQ8 4.76 s.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from hq_jax import cli
+from hq_jax import backend, cli
 from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import UserError
 from hq_jax.export import load_export
@@ -42,8 +43,9 @@ _NUM_ITEMS = flags.DEFINE_integer("num_items", 40981, "Synthetic items (up to 10
 _DIM = flags.DEFINE_integer("dim", 64, "Synthetic embedding dimension (64 or 128).")
 _QUERY_USERS = flags.DEFINE_integer("query_users", 0, "Search for the first N users only (0 = all).")
 _K = flags.DEFINE_integer("k", 20, "Results per user.")
-_BATCH = flags.DEFINE_integer("batch_users", 1024, "Users per jitted search call.")
-_BLOCK = flags.DEFINE_integer("block_items", 65536, "Items per scanned block.")
+_BATCH = flags.DEFINE_integer("batch_users", None, "Users per jitted search call (default: the backend's, "
+                              "hq_jax.backend: 1024 on CPU).")
+_BLOCK = flags.DEFINE_integer("block_items", None, "Items per scanned block (default: the backend's: 65536 on CPU).")
 _METHODS = flags.DEFINE_list("methods", list(benchmark.JAX_METHODS), "JAX methods to run (plus 'export': a "
                              "quantized --export's own codes, run first by default when there is one).")
 _FAISS = flags.DEFINE_list("faiss", list(benchmark.FAISS_METHODS), "FAISS indexes to run (empty: none).")
@@ -152,7 +154,8 @@ def main(argv):
   result = {**info, "command": " ".join(["python -m experiments.bench_retrieval"] + sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"), "machine": _MACHINE.value, "jax": jax.__version__,
             "devices": [str(d) for d in jax.devices()], "bandwidth_bytes_per_s": bandwidth,
-            "batch_users": _BATCH.value, "repeats": _REPEATS.value, "faiss_threads": _THREADS.value,
+            "batch_users": _BATCH.value or backend.tunings().batch_users,
+            "tunings": dataclasses.asdict(backend.tunings()), "repeats": _REPEATS.value, "faiss_threads": _THREADS.value,
             "time_ratios": ratios, "methods": rows}
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value + ".json", "w") as f:

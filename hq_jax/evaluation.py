@@ -26,14 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hq_jax import export
+from hq_jax import backend, export
 from hq_jax.data.interactions import CSR, InteractionData
 from hq_jax.errors import UserError
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix
 from hq_jax.retrieval.topk import topk as ranked_topk
 
 DEFAULT_KS = (20, 50)
-DEFAULT_BATCH_SIZE = 1024
+DEFAULT_BATCH_SIZE = backend.CPU.batch_users  # the CPU's users per call; None picks the backend's (hq_jax.backend)
 
 Representation = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized
 
@@ -159,7 +159,7 @@ def check_representations(user_rep: Representation, item_rep: Representation,
 
 def topk_items(user_rep: Representation, item_rep: Representation, data: InteractionData,
                users: Sequence[int] | np.ndarray, k: int, *,
-               batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+               batch_size: int | None = None) -> np.ndarray:
   """The top-k items of `users` by score, with each user's training items excluded.
 
   Same ranking as `evaluate` (ties -> lower item id).
@@ -172,6 +172,7 @@ def topk_items(user_rep: Representation, item_rep: Representation, data: Interac
   users = np.asarray(users, np.int64).reshape(-1)
   if users.size and (users.min() < 0 or users.max() >= data.num_users):
     raise UserError(f"users: ids must be in [0, {data.num_users}), got {users.min()}..{users.max()}")
+  batch_size = backend.tunings().batch_users if batch_size is None else batch_size
   if batch_size <= 0:
     raise UserError(f"batch_size must be positive, got {batch_size}")
   _, items = ranked_topk(user_rep, item_rep, data.train.indptr, data.train.indices, users, k,
@@ -180,7 +181,7 @@ def topk_items(user_rep: Representation, item_rep: Representation, data: Interac
 
 
 def evaluate(user_rep: Representation, item_rep: Representation, data: InteractionData, *,
-             ks: Sequence[int] = DEFAULT_KS, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+             ks: Sequence[int] = DEFAULT_KS, batch_size: int | None = None) -> dict:
   """Recall@K and NDCG@K of the LightGCN full-ranking protocol.
 
   Args:
@@ -189,7 +190,7 @@ def evaluate(user_rep: Representation, item_rep: Representation, data: Interacti
     item_rep: (num_items, d), same kind as user_rep.
     data: the interactions; train pairs are excluded from ranking, test pairs are the targets.
     ks: cutoffs; each must be <= num_items.
-    batch_size: users ranked per jitted call.
+    batch_size: users ranked per jitted call (None: the backend's, `hq_jax.backend`).
 
   Returns:
     {"recall@K": float, "ndcg@K": float for each K, "num_eval_users": int}.

@@ -9,9 +9,11 @@ sorted by receiver, so a segment sum over receivers sees sorted ids, and the sam
 Propagation is `E(k+1) = A~ E(k)`, final `E = mean_k E(k)` for k = 0..K. Two aggregators compute A~ h:
 * `segment_aggregate`: Jraph message passing, messages `w_e * h[sender]` summed into receivers with
   `jraph.segment_sum`. This is the definition, and the reference the other path is tested against.
-* `csr_aggregate`: the same graph as a BCSR matrix (`jax.experimental.sparse`), which on CPU lowers to one
+* `csr_aggregate`: the same graph as a CSR matrix, multiplied by the kernel `hq_jax.backend` chooses for the
+  backend (`CSRAdjacency.kernel`): on CPU a BCSR matrix (`jax.experimental.sparse`), which lowers to one
   sparse-dense kernel instead of XLA's slow row gather + scatter (about 10x faster on Gowalla on a 2-core
-  CPU, see results/foundation.md). Its gradient uses A~ = A~^T (the graph is undirected).
+  CPU, see results/foundation.md); on GPU/TPU a sorted segment sum over the CSR arrays (BCSR has no fast
+  default lowering there). Its gradient uses A~ = A~^T (the graph is undirected).
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ import jraph
 import numpy as np
 from jax.experimental import sparse
 
+from hq_jax import backend
 from hq_jax.data.interactions import InteractionData
 
 Aggregation = Literal["segment", "csr"]
@@ -63,6 +66,8 @@ class CSRAdjacency:
   indices: jax.Array  # (E,) int32 senders
   indptr: jax.Array  # (N + 1,) int32
   num_nodes: int = dataclasses.field(metadata=dict(static=True))
+  # 'bcsr' or 'segment' (`hq_jax.backend.Tunings.sparse_kernel`); '' = the current backend's at trace time.
+  kernel: str = dataclasses.field(default="", metadata=dict(static=True))
 
 
 def csr_adjacency(graph: jraph.GraphsTuple) -> CSRAdjacency:
@@ -73,7 +78,8 @@ def csr_adjacency(graph: jraph.GraphsTuple) -> CSRAdjacency:
     raise ValueError("csr_adjacency needs edges sorted by receiver (as bipartite_graph builds them)")
   indptr = np.zeros(n + 1, np.int32)
   np.cumsum(np.bincount(receivers, minlength=n), out=indptr[1:])
-  return CSRAdjacency(data=graph.edges, indices=graph.senders, indptr=jnp.asarray(indptr), num_nodes=n)
+  return CSRAdjacency(data=graph.edges, indices=graph.senders, indptr=jnp.asarray(indptr), num_nodes=n,
+                      kernel=backend.tunings().sparse_kernel)
 
 
 def segment_aggregate(graph: jraph.GraphsTuple, h: jax.Array) -> jax.Array:
@@ -83,6 +89,11 @@ def segment_aggregate(graph: jraph.GraphsTuple, h: jax.Array) -> jax.Array:
 
 
 def _csr_matmul(adj: CSRAdjacency, h: jax.Array) -> jax.Array:
+  if (adj.kernel or backend.tunings().sparse_kernel) == "segment":
+    rows = jnp.repeat(jnp.arange(adj.num_nodes, dtype=jnp.int32), jnp.diff(adj.indptr),
+                      total_repeat_length=adj.data.shape[0])
+    return jax.ops.segment_sum(adj.data[:, None] * h[adj.indices], rows, num_segments=adj.num_nodes,
+                               indices_are_sorted=True)
   matrix = sparse.BCSR((adj.data, adj.indices, adj.indptr), shape=(adj.num_nodes, adj.num_nodes),
                        indices_sorted=True, unique_indices=True)
   return matrix @ h

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hq_jax import backend
 from hq_jax.errors import UserError
 from hq_jax.quant import quantizer
 from hq_jax.retrieval import scoring
@@ -75,12 +76,14 @@ def compile_seconds(prepared: jax.Array, blocked: scoring.ItemTable, w: "Workloa
   rows, cols = exclusion_pairs(w.indptr, w.indices, w.users[:batch], batch)
   t0 = time.perf_counter()
   search_blocks.lower(prepared[:batch], blocked, jnp.asarray(rows), jnp.asarray(cols), k=w.k,
-                      num_items=w.item_emb.shape[0]).compile()
+                      num_items=w.item_emb.shape[0], item_tile=backend.tunings().item_tile).compile()
   return time.perf_counter() - t0
 
 
-def measure_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
-  """Device read bandwidth in bytes/s: a jitted sum over an `nbytes` float32 array (median of repeats)."""
+def measure_bandwidth(nbytes: int | None = None, repeats: int = 5) -> float:
+  """Device read bandwidth in bytes/s: a jitted sum over an `nbytes` float32 array (median of repeats;
+  default size: the backend's `bandwidth_probe_bytes`)."""
+  nbytes = backend.tunings().bandwidth_probe_bytes if nbytes is None else nbytes
   x = jnp.ones((nbytes // 4,), jnp.float32)
   f = jax.jit(jnp.sum)
   f(x).block_until_ready()
@@ -121,8 +124,10 @@ class Workload:
   item_rep: object = None
 
 
-def run_jax_method(w: Workload, name: str, *, batch_users: int, block_items: int, repeats: int,
+def run_jax_method(w: Workload, name: str, *, batch_users: int | None, block_items: int | None, repeats: int,
                    bandwidth: float) -> dict:
+  """Times one JAX method on `w` (sizes left None are the backend's, `hq_jax.backend`)."""
+  batch_users = backend.tunings().batch_users if batch_users is None else batch_users
   if name == EXPORT_METHOD:
     ur, ir, method = w.user_rep, w.item_rep, "auto"
     bits = scoring.rep_bits(ur)
@@ -147,7 +152,8 @@ def run_jax_method(w: Workload, name: str, *, batch_users: int, block_items: int
           "compile_s": compile_s, "first_run_excess_s": run["first_run_excess_s"], "median_s": t,
           "times_s": run["times_s"], "queries_per_s": nq / t,
           "items_scored_per_s": nq * ni / t, "code_bytes": table_nbytes(table), "bytes_read_per_s": read / t,
-          "roofline_ratio": read / t / bandwidth, "block_items": block, "items": run["result"][1]}
+          "roofline_ratio": read / t / bandwidth, "block_items": block, "batch_users": batch_users,
+          "items": run["result"][1]}
 
 
 def run_faiss_method(w: Workload, name: str, *, repeats: int, threads: int) -> dict:

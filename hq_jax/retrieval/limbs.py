@@ -1,7 +1,8 @@
 """Exact integer arithmetic on int32 arrays, for ranking keys wider than a float32 mantissa (ours).
 
-Ranking keys are integers (see `scoring`). `lax.top_k` is fast only on float32, which holds integers
-exactly below 2^24; this module gives the two ways past that:
+Ranking keys are integers (see `scoring`). `lax.top_k` is fast only on float32 (XLA:CPU's integer path is
+~10x slower; XLA:GPU's TopK kernel takes float32 / bfloat16 only: `hq_jax.backend`), and float32 holds
+integers exactly below 2^24; this module gives the two ways past that:
 
 * `encode_int32`: an order-preserving map from int32 values v with |v| < 2^31 - 2^24 (`ENCODABLE`) to finite,
   normal float32 numbers (never -0.0, never subnormal, so flush-to-zero cannot merge two of them):

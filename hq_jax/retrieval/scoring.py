@@ -36,7 +36,9 @@ Computing the integer key exactly, by its bound M (all factors' maxima, known on
     centred codes while d 4^(b-1) < 2^24 (one matmul is exact: every partial sum is an integer below 2^24),
     otherwise (`auto`) int8 x int8 -> int32 `dot_general` (exact: |P| <= d 2^14 < 2^31; measured faster than
     chunked float32 matmuls on XLA:CPU at d >= 128), or `int_matmul` in float32 chunks of
-    floor((2^24 - 1) / 4^(b-1)) dimensions summed in int32. The choice is static per (bits, d).
+    floor((2^24 - 1) / 4^(b-1)) dimensions summed in int32. The choice is static per (bits, d, backend):
+    `auto` takes the backend's kinds (`hq_jax.backend`: on CPU `hamming` and float32-while-exact as above; on
+    GPU/TPU `int8` for every width, the matrix units' exact int8 x int8 -> int32 product).
   * M < 2^24 and float P: the key is computed in float32 (`f32`; every intermediate is an integer < 2^24).
   * M < 2^31 - 2^24: int32 (`i32`), mapped to float32 for `lax.top_k` by `limbs.encode_int32`, which keeps the
     order.
@@ -55,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hq_jax import backend
 from hq_jax.errors import UserError
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, exact_weights
 from hq_jax.retrieval import limbs as limbs_lib
@@ -397,12 +400,18 @@ def _check_pair(user_rep: Rep, item_rep: Rep, method: str):
   return ul, il
 
 
-def _layer_kind(bits: int, dim: int, method: str) -> LayerSpec:
-  """The raw inner product of one layer (static in (bits, dim, method))."""
+def _layer_kind(bits: int, dim: int, method: str, tunings: backend.Tunings | None = None) -> LayerSpec:
+  """The raw inner product of one layer (static in (bits, dim, method) and, for 'auto', the backend's
+  `tunings`; default: the current backend's)."""
   max_prod = 1 if bits == 1 else 1 << (2 * (bits - 1))  # |c'_u c'_i| of centred codes
   raw_bound = dim * max_prod
   if method == "auto":
-    kind = "hamming" if bits == 1 else ("matmul" if raw_bound < F32_EXACT else "int8")
+    tunings = tunings or backend.tunings()
+    if bits == 1:
+      kind = tunings.one_bit_kind
+    else:
+      exact_f32 = tunings.wide_kind == "float_when_exact" and raw_bound < F32_EXACT
+      kind = "matmul" if exact_f32 else "int8"
   else:
     kind = {"hamming": "hamming", "sign_matmul": "sign_matmul", "int8": "int8", "int_matmul": "matmul"}[method]
   if raw_bound >= limbs_lib.ENCODABLE:
@@ -502,8 +511,9 @@ def prepare_items(item_rep: Rep, user_rep: Rep, method: str = "auto") -> ItemTab
   den = math.lcm(*(w.denominator for w in frac_w))
   weights_int = [int(w * den) for w in frac_w]
   layer_specs, user_scales, item_scales = [], [], []
+  tunings = backend.tunings()
   for qu, qi in zip(ul, il):
-    layer_specs.append(_layer_kind(qu.bits, int(qu.codes.shape[1]), method))
+    layer_specs.append(_layer_kind(qu.bits, int(qu.codes.shape[1]), method, tunings))
     user_scales.append(_exact_scale_ints(_scale_array(qu)))
     item_scales.append(_exact_scale_ints(_scale_array(qi)))
   e_star = min(eu + ei for (_, eu), (_, ei) in zip(user_scales, item_scales))

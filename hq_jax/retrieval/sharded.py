@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from hq_jax import backend
 from hq_jax.retrieval import scoring
 # `hq_jax.retrieval.topk` the attribute is the function (re-exported); import from the module by path.
 from hq_jax.retrieval.topk import (block_size, blocked, empty_result, lex_top_k, prepare_search, scan_search,
@@ -28,7 +29,7 @@ def item_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   return jax.make_mesh((n,), (AXIS,), devices=jax.devices()[:n])
 
 
-def shard_table(table: scoring.ItemTable, mesh: jax.sharding.Mesh, block_items: int):
+def shard_table(table: scoring.ItemTable, mesh: jax.sharding.Mesh, block_items: int | None = None):
   """Pads and blocks the table so each shard holds whole blocks; places it sharded over the mesh.
 
   Returns the blocked table (leaves (num_shards * blocks_per_shard, block, ...)) and the items per shard.
@@ -41,14 +42,16 @@ def shard_table(table: scoring.ItemTable, mesh: jax.sharding.Mesh, block_items: 
   return jax.device_put(blocked(table.pad_to(n * shard_items), block), NamedSharding(mesh, P(AXIS))), shard_items
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "k", "num_items", "shard_items"))
-def sharded_search(users, table, rows, cols, *, mesh, k: int, num_items: int, shard_items: int):
+@functools.partial(jax.jit, static_argnames=("mesh", "k", "num_items", "shard_items", "item_tile"))
+def sharded_search(users, table, rows, cols, *, mesh, k: int, num_items: int, shard_items: int,
+                   item_tile: int | None = None):
   """Top-k of `users` over a table placed by `shard_table`: per-shard search, then a global merge."""
 
   def local(users, table, rows, cols):
     offset = jax.lax.axis_index(AXIS).astype(jnp.int32) * shard_items
     init = jax.lax.pcast(empty_result(users.num_rows, k, table.words), (AXIS,), to="varying")
-    vals, ids = scan_search(users, table, rows, cols, offset, k=k, num_items=num_items, init=init)
+    vals, ids = scan_search(users, table, rows, cols, offset, k=k, num_items=num_items, init=init,
+                            item_tile=item_tile)
     return tuple(v[None] for v in vals), ids[None]
 
   words = table.words
@@ -64,13 +67,15 @@ def sharded_search(users, table, rows, cols, *, mesh, k: int, num_items: int, sh
 
 
 def sharded_topk(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int, *,
-                 mesh: jax.sharding.Mesh | None = None, block_items: int = 65536, batch_users: int = 1024,
-                 method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-  """`topk` with the items sharded over `mesh` (default: all devices); same arguments and result."""
+                 mesh: jax.sharding.Mesh | None = None, block_items: int | None = None,
+                 batch_users: int | None = None, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+  """`topk` with the items sharded over `mesh` (default: all devices); same arguments and result (sizes
+  left None are the backend's, `hq_jax.backend`)."""
   mesh = mesh or item_mesh()
   users, exclude_indptr, exclude_indices, num_items, prepared, table = prepare_search(
       user_rep, item_rep, exclude_indptr, exclude_indices, users, k, method)
   placed, shard_items = shard_table(table, mesh, block_items)
-  fn = functools.partial(sharded_search, mesh=mesh, k=k, num_items=num_items, shard_items=shard_items)
+  fn = functools.partial(sharded_search, mesh=mesh, k=k, num_items=num_items, shard_items=shard_items,
+                         item_tile=backend.tunings().item_tile)
   return search_prepared(prepared, placed, num_items, exclude_indptr, exclude_indices, users, k,
                          batch_users=batch_users, search_fn=fn)

@@ -7,7 +7,8 @@ Memory stays bounded for any item count: items are scanned in blocks of `block_i
 1. keys of the block, with excluded and padding items set to -inf, reduced to the maximum of each group of
    32 consecutive items: (B, block / 32). For the Hamming kind XLA fuses XOR, popcount, masking and the
    maximum into one pass, so (B, block) keys are never written to memory; the other kinds score the
-   block in tiles of about `TILE` items, so each tile's scores stay in cache until they are reduced.
+   block in tiles of about `Tunings.item_tile` items (`hq_jax.backend`: 1024 on CPU, so each tile's scores
+   stay in cache until they are reduced; the whole block at once on a GPU).
 2. `lax.top_k` over the group maxima picks K groups per user; the K best items of the block are among
    their items. (Proof: if item x's group G is not picked, K picked groups each beat G on (max desc, group
    index asc); each one's best item beats x on (key desc, row asc), so x is not in the top K.)
@@ -42,12 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hq_jax import backend
 from hq_jax.errors import UserError
 from hq_jax.retrieval import limbs as limbs_lib
 from hq_jax.retrieval import scoring
 
 GROUP = 32  # items per group = bits of one exclusion mask word
-TILE = 1024  # items scored at a time (their (B, TILE) scores stay in cache)
+TILE = backend.CPU.item_tile  # the CPU's items scored at a time (the backend's: `backend.tunings().item_tile`)
 UNROLL_DIMS = 256  # candidate rescoring unrolls over this many dimensions at most, then loops in chunks
 DIM_CHUNK = 64
 
@@ -76,7 +78,8 @@ def _lowest(dtype) -> jax.Array:
 
 
 def _to_float(keys: jax.Array) -> jax.Array:
-  """A key word as float32 for `lax.top_k` (its integer path is ~10x slower on CPU); removed -> -inf.
+  """A key word as float32 for `lax.top_k` (its integer path is ~10x slower on CPU, and XLA:GPU's TopK kernel
+  takes float32 / bfloat16 only: the same on every backend, see `hq_jax.backend`); removed -> -inf.
 
   int32 words go through the order-preserving `limbs.encode_int32`. -0.0 becomes +0.0: `lax.top_k` orders
   floats totally (+0.0 above -0.0), and equal scores must tie.
@@ -188,16 +191,19 @@ def _candidate_keys(users: scoring.UserRows, block: scoring.ItemTable, groups: j
   return scoring.combine(spec, raws, scoring.user_terms(spec, users.alpha, 2), betas, shift)
 
 
-def _group_maxima(users: scoring.UserRows, block: scoring.ItemTable, mask: jax.Array, valid: jax.Array):
+def _group_maxima(users: scoring.UserRows, block: scoring.ItemTable, mask: jax.Array, valid: jax.Array,
+                  item_tile: int):
   """(B, block / 32) key words: the (lexicographic) maximum of each group of 32 rows, excluded and padding
   rows left out, as float32.
 
-  The block is scored tile by tile (`tile_size`), so each tile's (B, tile) scores stay in cache between
-  the matmul that writes them and the masked maximum that reads them.
+  The block is scored tile by tile (`tile_size`), so on CPU each tile's (B, tile) scores stay in cache
+  between the matmul that writes them and the masked maximum that reads them.
   """
   batch, n = users.num_rows, block.num_items
   spec = block.spec
-  tile = tile_size(n, block.kind)
+  tile = tile_size(n, block.kind, item_tile)
+  if n % tile:  # a table blocked under other tunings than these: score it whole (same result)
+    tile = n
   tg = tile // GROUP
   alphas = scoring.user_terms(spec, users.alpha, 1)
 
@@ -227,7 +233,7 @@ def merge_topk(vals_a, ids_a, vals_b, ids_b, k: int):
 
 
 def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array,
-                id_offset: jax.Array, *, k: int, num_items: int, init=None):
+                id_offset: jax.Array, *, k: int, num_items: int, init=None, item_tile: int | None = None):
   """Top-k of `users` over a blocked item table: the traceable core of `search_blocks`.
 
   Args:
@@ -239,6 +245,8 @@ def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Arr
     num_items: total real items (global rows >= num_items are padding).
     init: the initial (B, k) running result (default: empty); under `shard_map` it must be cast to
       vary over the mesh axis, like the carry it starts.
+    item_tile: items scored at a time (`backend.Tunings.item_tile`; None: the current backend's). Callers
+      under `jit` pass it as a static argument, so a compiled search keys on it.
 
   Returns:
     (key words, rows): a tuple of (B, k) float32 words and (B, k) int32 global rows (-1 where fewer than k
@@ -248,6 +256,7 @@ def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Arr
   num_blocks, block = table.data[0].shape[:2]
   ng = block // GROUP
   kg = min(k, ng)
+  item_tile = backend.tunings().item_tile if item_tile is None else item_tile
 
   def body(carry, xs):
     best_vals, best_ids = carry
@@ -255,7 +264,7 @@ def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Arr
     start = id_offset + j * block  # global row of the block's first row
     mask = _exclusion_mask(rows, cols, start, batch, block)
     valid = (start + jnp.arange(block).reshape(ng, GROUP)) < num_items
-    gmax = _group_maxima(users, blk, mask, valid)  # (B, ng) words
+    gmax = _group_maxima(users, blk, mask, valid, item_tile)  # (B, ng) words
     _, groups = lex_top_k(gmax, kg)
     groups = jnp.sort(groups, axis=1)  # ascending rows, so top_k's index tie-break = row tie-break
     cand = _candidate_keys(users, blk, groups)
@@ -275,11 +284,11 @@ def empty_result(batch: int, k: int, words: int = 1):
           jnp.full((batch, k), -1, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num_items"))
+@functools.partial(jax.jit, static_argnames=("k", "num_items", "item_tile"))
 def search_blocks(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array, *, k: int,
-                  num_items: int):
+                  num_items: int, item_tile: int | None = None):
   """Jitted `scan_search` over a whole (unsharded) blocked item table."""
-  return scan_search(users, table, rows, cols, jnp.int32(0), k=k, num_items=num_items)
+  return scan_search(users, table, rows, cols, jnp.int32(0), k=k, num_items=num_items, item_tile=item_tile)
 
 
 def exclusion_pairs(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, batch: int,
@@ -300,30 +309,35 @@ def exclusion_pairs(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, 
   return rows, cols
 
 
-def tile_size(block: int, kind: str) -> int:
-  """Items scored at a time inside a block: about TILE, a multiple of 32 that divides the block.
+def tile_size(block: int, kind: str, item_tile: int | None = None) -> int:
+  """Items scored at a time inside a block: about `item_tile` (default: the backend's,
+  `backend.tunings().item_tile`; 0 = the whole block), a multiple of 32 that divides the block.
 
   Hamming blocks are one tile: XLA fuses their XOR, popcount and masked maximum into one pass that never
   writes the scores, and splitting that pass was measured 2x slower.
   """
-  if kind == "hamming":
+  item_tile = backend.tunings().item_tile if item_tile is None else item_tile
+  if kind == "hamming" or item_tile <= 0:
     return block
-  tiles = -(-block // TILE)
+  tiles = -(-block // item_tile)
   return -(-block // (tiles * GROUP)) * GROUP
 
 
-def block_size(num_items: int, block_items: int, kind: str) -> int:
-  """The block actually used: block_items rounded up to whole tiles, at most the (padded) item count."""
+def block_size(num_items: int, block_items: int | None, kind: str, item_tile: int | None = None) -> int:
+  """The block actually used: block_items (default: the backend's) rounded up to whole tiles, at most the
+  (padded) item count."""
+  block_items = backend.tunings().block_items if block_items is None else block_items
   block = min(block_items, -(-num_items // GROUP) * GROUP)
   block = -(-block // GROUP) * GROUP
-  tile = tile_size(block, kind)
+  tile = tile_size(block, kind, item_tile)
   return -(-block // tile) * tile
 
 
-def pad_table(table: scoring.ItemTable, block_items: int) -> tuple[scoring.ItemTable, int]:
-  """Pads the table to whole blocks; returns it blocked and the block size used."""
+def pad_table(table: scoring.ItemTable, block_items: int | None = None,
+              item_tile: int | None = None) -> tuple[scoring.ItemTable, int]:
+  """Pads the table to whole blocks (sizes: see `block_size`); returns it blocked and the block size used."""
   n = table.num_items
-  block = block_size(n, block_items, table.kind)
+  block = block_size(n, block_items, table.kind, item_tile)
   padded = -(-n // block) * block
   return blocked(table.pad_to(padded), block), block
 
@@ -339,7 +353,7 @@ def check_topk_args(num_users: int, num_items: int, users: np.ndarray, k: int,
 
 
 def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarray, exclude_indices: np.ndarray,
-         users: np.ndarray, k: int, *, block_items: int = 65536, batch_users: int = 1024,
+         users: np.ndarray, k: int, *, block_items: int | None = None, batch_users: int | None = None,
          method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
   """Top-k items for `users`, each user's excluded (training) items removed.
 
@@ -349,9 +363,11 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
     exclude_indptr, exclude_indices: CSR over all users of the items to exclude (e.g. `data.train`).
     users: (B,) user ids to retrieve for.
     k: results per user (1 <= k <= num_items).
-    block_items: items per scanned block (memory: about B * block_items / 8 bytes of mask per block).
-    batch_users: users per jitted call (the last batch is padded, so one compilation serves all).
-    method: scoring method (see `scoring.ranking_scores`).
+    block_items: items per scanned block (memory: about B * block_items / 8 bytes of mask per block);
+      default: the backend's (`hq_jax.backend`).
+    batch_users: users per jitted call (the last batch is padded, so one compilation serves all); default:
+      the backend's.
+    method: scoring method (see `scoring.ranking_scores`; 'auto' picks the backend's exact inner product).
 
   Returns:
     (scores, items): numpy (B, k) float32 ranking keys and int32 item ids, best first, ties by lower id
@@ -399,12 +415,16 @@ def key_values(words, spec: scoring.KeySpec) -> np.ndarray:
 
 def search_prepared(prepared_users: scoring.UserRows, blocked_table: scoring.ItemTable, num_items: int,
                     exclude_indptr: np.ndarray, exclude_indices: np.ndarray, users: np.ndarray, k: int, *,
-                    batch_users: int = 1024, search_fn=None) -> tuple[np.ndarray, np.ndarray]:
+                    batch_users: int | None = None, search_fn=None) -> tuple[np.ndarray, np.ndarray]:
   """`topk` on already prepared users (all of them) and a blocked item table (reused by benchmarks).
 
   Excluded item ids are mapped to table rows first and the result rows back to item ids (`ItemTable.ids`).
+  With the backend's `defer_host_copies` every batch is dispatched before any result is copied to the
+  host, so the host builds batch b + 1's exclusions while the device searches batch b.
   """
-  search_fn = search_fn or functools.partial(search_blocks, k=k, num_items=num_items)
+  tunings = backend.tunings()
+  batch_users = tunings.batch_users if batch_users is None else batch_users
+  search_fn = search_fn or functools.partial(search_blocks, k=k, num_items=num_items, item_tile=tunings.item_tile)
   row_ids = None
   if blocked_table.ids is not None:
     row_ids = np.asarray(blocked_table.ids).reshape(-1)[:num_items]
@@ -412,14 +432,23 @@ def search_prepared(prepared_users: scoring.UserRows, blocked_table: scoring.Ite
     row_of[row_ids] = np.arange(num_items, dtype=np.int32)
     exclude_indices = row_of[np.asarray(exclude_indices, np.int64)]
   batch = min(batch_users, max(len(users), 1))
-  out_vals, out_ids = [], []
+  out_vals, out_ids, pending = [], [], []
+
+  def fetch(words, found, n):
+    out_vals.append(key_values(words, blocked_table.spec)[:n])
+    out_ids.append(np.asarray(found)[:n])
+
   for lo in range(0, len(users), batch):
     ids = users[lo:lo + batch]
     padded = np.concatenate([ids, np.zeros(batch - len(ids), np.int64)])
     rows, cols = exclusion_pairs(exclude_indptr, exclude_indices, ids, batch)
     words, found = search_fn(prepared_users[padded], blocked_table, jnp.asarray(rows), jnp.asarray(cols))
-    out_vals.append(key_values(words, blocked_table.spec)[:len(ids)])
-    out_ids.append(np.asarray(found)[:len(ids)])
+    if tunings.defer_host_copies:
+      pending.append((words, found, len(ids)))
+    else:
+      fetch(words, found, len(ids))
+  for result in pending:
+    fetch(*result)
   if not out_vals:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
   scores, found = np.concatenate(out_vals), np.concatenate(out_ids)
