@@ -1,4 +1,5 @@
-# Two commands: `make run` (set up, then train + evaluate on the embedded LastFM data) and `make test`.
+# Two commands: `make run` (set up, then train + evaluate on the embedded LastFM data) and `make test`;
+# `make bench` runs the benchmark suite (experiments/bench_suite.py: results/bench/<date>_<backend>.json / .md).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.12 python3 python; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 WORKDIR ?= runs/lastfm_fp
 
-.PHONY: run test setup clean
+.PHONY: run test bench setup clean
 
 $(VENV)/.installed: requirements.txt setup.cfg setup.py
 	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (install one, or set PYTHON=...)" >&2; exit 1; fi
@@ -23,6 +24,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+# BENCH_FLAGS: e.g. --parts=retrieval,mpe or --profile=tiny --out_dir=/tmp/bench (a quick smoke run).
+bench: setup
+	$(PY) -m experiments.bench_suite $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -35,6 +35,7 @@ _AGGREGATIONS = flags.DEFINE_list("aggregations", ["csr", "segment"], "Aggregati
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per method.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", "", "Interpreter with torch for the reference step.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", "cpu", "torch device of the reference step (cuda on a GPU).")
 _OUT = flags.DEFINE_string("out", "", "JSON output path (default: print only).")
 
 
@@ -74,13 +75,13 @@ def time_torch() -> dict:
   script = os.path.join(os.path.dirname(__file__), "peers", "lightgcn_torch.py")
   cmd = [_TORCH_PYTHON.value, script, f"--train={os.path.join(_DATA_DIR.value, 'train.txt')}",
          f"--batch_size={_BATCH_SIZE.value}", f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
-         f"--threads={os.cpu_count()}"]
+         f"--threads={os.cpu_count()}", f"--device={_TORCH_DEVICE.value}"]
   out = subprocess.run(cmd, capture_output=True, text=True)
   if out.returncode != 0:
     raise UserError(f"--torch_python={_TORCH_PYTHON.value}: the reference step failed: "
                     f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
   row = json.loads(out.stdout.strip().splitlines()[-1])
-  row["method"] = f"pytorch-reference (torch {row.pop('torch')})"
+  row["method"] = f"pytorch-reference (torch {row.pop('torch')}, {row.pop('device', 'cpu')})"
   return row
 
 

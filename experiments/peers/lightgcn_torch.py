@@ -6,6 +6,7 @@ BPR softplus loss plus `decay * 0.5 * |e0|^2 / batch` on the batch's layer-0 row
 are needed, so it runs in a separate interpreter; it prints one JSON line with the median step time.
 
   python lightgcn_torch.py --train=../shared/data/gowalla/train.txt --batch_size=2048 --steps=20
+  python lightgcn_torch.py --train=... --device=cuda   # the reference on a GPU (what bench_epoch compares on one)
 """
 
 import argparse
@@ -36,7 +37,9 @@ def main():
   p.add_argument("--dim", type=int, default=64)
   p.add_argument("--layers", type=int, default=3)
   p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--device", default="cpu", help="torch device: cpu, or cuda for the reference on a GPU")
   args = p.parse_args()
+  dev = torch.device(args.device)
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   users, items = load_pairs(args.train)
@@ -47,18 +50,18 @@ def main():
   deg = np.bincount(rows, minlength=n).astype(np.float64)
   vals = 1.0 / np.sqrt(deg[rows] * deg[cols])
   graph = torch.sparse_coo_tensor(torch.tensor(np.stack([rows, cols])), torch.tensor(vals, dtype=torch.float32),
-                                  (n, n)).coalesce()
-  user_emb = torch.nn.Embedding(num_users, args.dim)
-  item_emb = torch.nn.Embedding(num_items, args.dim)
+                                  (n, n)).coalesce().to(dev)
+  user_emb = torch.nn.Embedding(num_users, args.dim, device=dev)
+  item_emb = torch.nn.Embedding(num_items, args.dim, device=dev)
   torch.nn.init.normal_(user_emb.weight, std=0.1)
   torch.nn.init.normal_(item_emb.weight, std=0.1)
   opt = torch.optim.Adam(list(user_emb.parameters()) + list(item_emb.parameters()), lr=1e-3)
   rng = np.random.default_rng(0)
 
   def step():
-    u = torch.tensor(rng.integers(0, num_users, args.batch_size))
-    pos = torch.tensor(rng.integers(0, num_items, args.batch_size))
-    neg = torch.tensor(rng.integers(0, num_items, args.batch_size))
+    u = torch.tensor(rng.integers(0, num_users, args.batch_size), device=dev)
+    pos = torch.tensor(rng.integers(0, num_items, args.batch_size), device=dev)
+    neg = torch.tensor(rng.integers(0, num_items, args.batch_size), device=dev)
     all_emb = torch.cat([user_emb.weight, item_emb.weight])
     embs = [all_emb]
     for _ in range(args.layers):
@@ -72,7 +75,7 @@ def main():
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return loss.item()
+    return loss.item()  # a host read: the step has finished on any device
 
   for _ in range(args.warmup):
     step()
@@ -82,7 +85,7 @@ def main():
     step()
     times.append(time.perf_counter() - t)
   steps_per_epoch = -(-len(users) // args.batch_size)
-  print(json.dumps({"peer": "lightgcn-pytorch", "torch": torch.__version__, "median_step_s": float(np.median(times)),
+  print(json.dumps({"peer": "lightgcn-pytorch", "torch": torch.__version__, "device": str(dev), "median_step_s": float(np.median(times)),
                     "steps_per_epoch": steps_per_epoch,
                     "epoch_s_estimate": float(np.median(times)) * steps_per_epoch}))
 
