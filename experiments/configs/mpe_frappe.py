@@ -8,6 +8,8 @@ Measured (seed 0, 2-core shared CPU, 2026-11-23; details and all rows in results
     32/bits, 10.4x by bytes), 7 search + 9 retrain epochs, ~4 min wall.
   mpe with --config.mpe.lam=1e-3: test AUC 0.9798, 2.443 bits (13.1x / 12.1x).
   fp: 0.9811 (7 epochs, ~4 min); lsq (6 bit): 0.9813; alpt: 0.9789; qr: 0.9573.
+Sparse table updates (2026-11-30, results/scale.md): fp 0.9813 with dense Adam (re-measured), 0.9815 with
+  --config.train.table_optimizer=lazy_adam, 0.9813 with rowwise_adagrad at --config.train.table_learning_rate=1e-2.
 """
 
 import os

@@ -13,6 +13,9 @@ Measured (seed 0, 2-core shared CPU, 2026-11-23; all rows in results/mpe.md):
     32/bits, 54.6x by bytes), 2 search + 2 retrain epochs (early-stopped), ~3 min wall.
   mpe with lambda 1e-3 / 3e-3: 0.7332 / 0.7322 at 0.695 / 0.687 bits (46x by 32/bits).
   fp: 0.7185 (fp with --config.train.l2=3e-6: 0.7191), ~1-2 min; lsq 6 bit 0.7176; alpt 0.7194; qr 0.7077.
+Sparse table updates (2026-11-30, results/scale.md): fp 0.7179 with dense Adam (re-measured), 0.7199 with
+  --config.train.table_optimizer=lazy_adam (best epoch 1; 0.7184 after 1 epoch, as dense's best), 0.7180 with
+  rowwise_adagrad at --config.train.table_learning_rate=1e-2.
 """
 
 from experiments.configs import mpe_default

@@ -7,7 +7,9 @@ Each is an NNX module with the interface of `models.Embedding` (`__call__(ids)`,
   optimizer step the updated rows are written back to the integer grid with stochastic rounding
   (`stochastic_round`), and alpha learns through the LSQ gradient of an 8-bit quantizer without offset.
   For simplicity the trainer holds the table as float32 in memory, constrained to that grid after each
-  step; the export stores the int8 codes (1 byte per entry) plus alpha.
+  step; the export stores the int8 codes (1 byte per entry) plus alpha. With a sparse table optimizer only
+  the batch's rows are written back (on the grid of the current alpha); the other rows keep the grid of the
+  alpha of their last update, and the forward pass and the export round them to the current grid.
 - `QREmbedding`: quotient-remainder trick, e_x = R[x mod m] * Q[x // m] with m = ceil(N / ratio).
 """
 
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hq_jax.ctr import lsq
-from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam
+from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam, TableParam
 
 
 def stochastic_round(x: jax.Array, rng: jax.Array) -> jax.Array:
@@ -38,7 +40,7 @@ class LSQEmbedding(Embedding):
   def __init__(self, num_features: int, dim: int, bits: int, *, rngs: nnx.Rngs):
     self.num_features, self.dim, self.bits = num_features, dim, bits
     w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
-    self.table = nnx.Param(w0)
+    self.table = TableParam(w0)
     self.alpha = QuantParam(lsq.init_step(w0, bits))
     self.beta = QuantParam(jnp.zeros((dim,)))
 
@@ -55,7 +57,7 @@ class ALPTEmbedding(Embedding):
     self.num_features, self.dim, self.bits = num_features, dim, bits
     w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
     self.alpha = QuantParam(lsq.init_step(w0, bits))
-    self.table = nnx.Param(self.constrain_rows(w0, rngs.params()))
+    self.table = TableParam(self.constrain_rows(w0, rngs.params()))
 
   def constrain_rows(self, rows: jax.Array, rng: jax.Array) -> jax.Array:
     """alpha * clip(stochastic_round(rows / alpha), lo, hi): rows written back to the integer grid."""
@@ -64,8 +66,8 @@ class ALPTEmbedding(Embedding):
     return step * jnp.clip(stochastic_round(rows / step, rng), lo, hi)
 
   def codes(self) -> jax.Array:
-    """The stored int8 codes (exact, since the table lies on the grid of the current alpha)."""
-    return jnp.round(self.table[...] / lsq.effective_step(self.alpha[...])).astype(jnp.int8)
+    """The stored int8 codes (exact with dense updates: the table lies on the grid of the current alpha)."""
+    return lsq.quantize_codes(self.table[...], lsq.effective_step(self.alpha[...]), 0.0, self.bits).astype(jnp.int8)
 
   def embed_rows(self, rows: jax.Array, ids: jax.Array) -> jax.Array:
     del ids

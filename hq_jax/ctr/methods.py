@@ -7,7 +7,9 @@ to W0, widths frozen) and exports the stored table with its exact bytes.
 
 Adding a method = one `Method` subclass + one line in `METHODS`. The subclass overrides `create_embedding`,
 and other hooks only where it differs from a single-phase float32 table. Its embedding needs `__call__(ids)`,
-`regularizer()` and `post_update(rng)` (as `models.Embedding`, which row tables subclass).
+`regularizer()` and `post_update(rng)` (as `models.Embedding`, which row tables subclass); to train with the
+sparse table optimizers (`sparse.py`) it must be a `models.Embedding`, else the class sets `row_table = False`
+and the trainer refuses them with a `UserError`.
 """
 
 import jax.numpy as jnp
@@ -40,6 +42,7 @@ class Method:
   """One CTR embedding method: its table, its training phases and its stored form."""
 
   phases: tuple[str, ...] = ("train",)  # Trained in this order, each with its own early stopping.
+  row_table: bool = True  # The embedding is a `models.Embedding`: the sparse table optimizers apply.
 
   def validate(self, config: Config) -> None:
     """Raises `UserError` for a setting this method cannot run."""
@@ -106,6 +109,8 @@ class ALPT(LSQ):
 
 class QR(Method):
   """The quotient-remainder trick with `config.qr.ratio`: two float tables, no single row table."""
+
+  row_table = False  # Two tables indexed by x // m and x mod m: the sparse optimizers are refused.
 
   def create_embedding(self, config, num_features, counts, rngs):
     return baselines.QREmbedding(num_features, config.model.dim, config.qr.ratio, rngs=rngs)

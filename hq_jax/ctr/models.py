@@ -40,14 +40,19 @@ def pairwise_inner_products(e: jax.Array) -> jax.Array:
   return gram[:, i, j]
 
 
+class TableParam(nnx.Param):
+  """An embedding table W (N, D): the parameter the sparse table optimizers (`sparse.py`) update by rows."""
+
+
 class Embedding(nnx.Module):
   """Full-precision table W (N, D), W ~ N(0, 0.003^2); the base of every table whose output for ids depends
   on W only through the rows W[ids]. Subclasses override what differs: `embed_rows` (e.g. a quantizer),
-  `regularizer` and `constrain_rows`."""
+  `regularizer` and `constrain_rows`. The sparse train step gathers the rows itself and calls `embed_rows`,
+  so that autodiff sees only the batch's rows, never the whole table."""
 
   def __init__(self, num_features: int, dim: int, *, rngs: nnx.Rngs):
     self.num_features, self.dim = num_features, dim
-    self.table = nnx.Param(EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim)))
+    self.table = TableParam(EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim)))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """(b, F) int ids -> (b, F, D) float32 embeddings."""
@@ -68,7 +73,7 @@ class Embedding(nnx.Module):
     return rows
 
   def post_update(self, rng: jax.Array) -> None:
-    """Hook run after each optimizer update: `constrain_rows` on the whole table."""
+    """Hook run after each dense optimizer update: `constrain_rows` on the whole table."""
     self.table[...] = self.constrain_rows(self.table[...], rng)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from hq_jax.ctr import lsq
-from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam
+from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam, TableParam
 
 CANDIDATE_BITS = (0, 1, 2, 3, 4, 5, 6)
 DEFAULT_TAU = 3e-3
@@ -160,7 +160,7 @@ class MixedPrecisionEmbedding(Embedding):
     self.candidate_bits = tuple(int(b) for b in candidate_bits)
     self.phase = "search"
     w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
-    self.table = nnx.Param(w0)
+    self.table = TableParam(w0)
     raw = [lsq.init_step(w0, b) if b > 0 else jnp.ones(()) for b in self.candidate_bits]
     self.alpha = QuantParam(jnp.stack(raw))
     self.beta = QuantParam(jnp.zeros((dim,)))

@@ -10,6 +10,19 @@ line per evaluation), `checkpoints/` (after every epoch: parameters, optimizer s
 phase, epoch and early-stopping counters, so a rerun on the same workdir continues where it stopped and
 reaches the same result as an uninterrupted run) and `export.npz` (the quantized table as it would be
 stored, for the quantized methods).
+
+Device mesh (`config.mesh`, `hq_jax.parallel`): `mesh.data` x `mesh.model` devices (every process's). Batches
+(train and evaluation) are split over 'data'; the embedding table, and everything shaped like it (Adam's
+moments, lazy Adam's, row-wise Adagrad's accumulator), is row-sharded over 'model' and replicated over
+'data'; everything else is replicated. The table is padded at the end to `table_rows(...)` rows (a multiple
+of `mesh.model`, or of `mesh.row_multiple`): zero rows no id indexes, whose gradient is exactly 0 and which
+every optimizer leaves at 0 (dense Adam's update is 0 / (0 + eps), the sparse ones never touch them), so a
+padded run trains like an unpadded one; they are dropped before the export. The state is created already
+sharded (`jax.jit(init, out_shardings=...)`), each step pins its outputs to the same layout, and a
+checkpoint restores onto whatever mesh the rerun has (`parallel.with_shardings`), provided the padded row
+count is the same (give `mesh.row_multiple`, e.g. 64, to move runs between mesh shapes). With one device
+and no padding nothing is sharded: the code path and results are those of a single-device run. The row
+gathers and scatters of a row-sharded table are left to XLA's SPMD partitioner (GSPMD).
 """
 
 import functools
@@ -22,8 +35,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from hq_jax import parallel
 from hq_jax import workdir as workdir_lib
-from hq_jax.ctr import metrics, models
+from hq_jax.ctr import metrics, models, sparse
 from hq_jax.ctr.methods import METHODS
 from hq_jax.errors import UserError
 
@@ -41,6 +55,31 @@ def create_model(config: ml_collections.ConfigDict, num_features: int, num_field
   return models.CTRModel(embedding, backbone)
 
 
+def table_rows(config: ml_collections.ConfigDict, num_features: int, mesh: jax.sharding.Mesh) -> int:
+  """Rows of the table on `mesh`: `num_features` rounded up to a multiple of `mesh.row_multiple` (0: of the
+  'model' size), so that it row-shards evenly (`parallel.padded_rows`). Methods without one row table (qr)
+  are not padded."""
+  if not METHODS[config.method].row_table:
+    return num_features
+  return parallel.padded_rows(num_features, mesh, config.mesh.row_multiple, axes=(parallel.MODEL,))
+
+
+def pad_table(model: models.CTRModel, num_rows: int) -> models.CTRModel:
+  """`model` with zero rows appended to its table up to `num_rows` (`parallel.pad_rows`; no-op if equal)."""
+  emb = model.embedding
+  if isinstance(emb, models.Embedding) and emb.table.shape[0] != num_rows:
+    emb.table.set_value(parallel.pad_rows(emb.table[...], num_rows))
+  return model
+
+
+def unpad_table(model: models.CTRModel) -> models.CTRModel:
+  """`model` with its table cut back to its `num_features` rows on the host (for the export and results)."""
+  emb = model.embedding
+  if isinstance(emb, models.Embedding) and emb.table.shape[0] != emb.num_features:
+    emb.table.set_value(np.asarray(emb.table[...])[:emb.num_features])
+  return model
+
+
 def split_model(model: models.CTRModel, *, train: bool):
   """(graphdef, params, rest) of `model` in train or eval mode (BatchNorm statistics)."""
   model.train() if train else model.eval()
@@ -52,71 +91,113 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.adam(config.train.learning_rate)
 
 
-def l2_penalty(model: models.CTRModel) -> jax.Array:
+def create_table_optimizer(config: ml_collections.ConfigDict) -> sparse.TableOptimizer | None:
+  """`config.train.table_optimizer`'s sparse optimizer of the table (step size `train.table_learning_rate`, or
+  `train.learning_rate` where that is 0), or None for 'dense_adam': the table is on `create_optimizer`."""
+  return sparse.table_optimizer(config.train.table_optimizer,
+                                float(config.train.table_learning_rate or config.train.learning_rate))
+
+
+# What the dense optimizer updates when a sparse optimizer has the table (else: every Param).
+DENSE_BUT_TABLE = nnx.All(nnx.Param, nnx.Not(models.TableParam))
+
+
+def init_optimizer(model: models.CTRModel, tx: optax.GradientTransformation,
+                   table_opt: sparse.TableOptimizer | None):
+  """The optimizer state of `model`: `tx`'s alone, or {'dense': tx's, 'table': table_opt's}."""
+  if table_opt is None:
+    return tx.init(nnx.state(model, nnx.Param))
+  return {"dense": tx.init(nnx.state(model, DENSE_BUT_TABLE)), "table": table_opt.init(model.embedding.table[...])}
+
+
+def l2_penalty(model: models.CTRModel, rows: jax.Array | None = None) -> jax.Array:
   """0.5 * sum of squares of the dense layers and the table (quantizer parameters exempt).
 
-  Its gradient is w, the same as PyTorch Adam's coupled `weight_decay` the authors use.
+  Its gradient is w, the same as PyTorch Adam's coupled `weight_decay` the authors use. With `rows` (the
+  sparse step's gathered rows), the table counts only through them: untouched rows get no L2 that step.
   """
-  leaves = jax.tree.leaves(nnx.state(model, nnx.All(nnx.Param, nnx.Not(models.QuantParam))))
-  return 0.5 * sum(jnp.sum(jnp.square(x)) for x in leaves)
+  what = nnx.All(nnx.Param, nnx.Not(models.QuantParam))
+  leaves = jax.tree.leaves(nnx.state(model, what if rows is None else nnx.All(what, nnx.Not(models.TableParam))))
+  return 0.5 * sum(jnp.sum(jnp.square(x)) for x in leaves + ([] if rows is None else [rows]))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Steps.
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, l2: float, lam: float):
-  """A jitted `(params, rest, opt_state, ids, labels, rng) -> (params, rest, opt_state, measurements)`."""
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, l2: float, lam: float,
+                    table_opt: sparse.TableOptimizer | None = None, out_shardings=None):
+  """A jitted `(params, rest, opt_state, ids, labels, rng) -> (params, rest, opt_state, measurements)`.
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+  With `table_opt`, the step is sparse (`sparse.py`): the loss is differentiated with respect to the batch's
+  unique rows W[unique(ids)] (U, D), not the table, and `table_opt` writes only those rows back, so no
+  (N, D) array is computed; the other parameters stay on `tx`. On a mesh, `out_shardings` pins the outputs'
+  layouts to the state's (so that no call recompiles for a layout XLA chose).
+  """
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1, 2), out_shardings=out_shardings)
   def train_step(params, rest, opt_state, ids, labels, rng):
     model = nnx.merge(graphdef, params, rest)
+    emb = model.embedding
+    if table_opt is not None:  # The table's rows, padding included: padded unique slots stay out of range.
+      unique, inverse = sparse.unique_rows(ids, emb.table.shape[0])
+      rows = sparse.gather_rows(emb.table[...], unique)
 
-    def loss_fn(model):
-      logits = model(ids)
-      bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+    def loss_fn(model, rows):
+      e = model.embedding(ids) if rows is None else model.embedding.embed_rows(rows[inverse], ids)
+      bce = jnp.mean(optax.sigmoid_binary_cross_entropy(model.backbone(e), labels))
       reg = model.embedding.regularizer()
       loss = bce + lam * reg
       if l2:
-        loss = loss + l2 * l2_penalty(model)
+        loss = loss + l2 * l2_penalty(model, rows)
       return loss, (bce, reg)
 
     # nnx.value_and_grad differentiates the Params and lets BatchNorm update its statistics in place.
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)
-    (loss, (bce, reg)), grads = grad_fn(model)
-    params = nnx.state(model, nnx.Param)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    dense = nnx.Param if table_opt is None else DENSE_BUT_TABLE
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=(nnx.DiffState(0, dense), 1), has_aux=True)
+    (loss, (bce, reg)), grads = grad_fn(model, None if table_opt is None else rows)
+    params = nnx.state(model, dense)
+    updates, dense_state = tx.update(grads[0], opt_state if table_opt is None else opt_state["dense"], params)
     nnx.update(model, optax.apply_updates(params, updates))
-    model.embedding.post_update(rng)
+    if table_opt is None:
+      emb.post_update(rng)
+      opt_state = dense_state
+    else:  # Only the batch's rows of W and of the table's optimizer state are read and written.
+      emb.table[...], table_state = table_opt.update(emb.table[...], opt_state["table"], unique, grads[1],
+                                                     project=lambda r: emb.constrain_rows(r, rng))
+      opt_state = {"dense": dense_state, "table": table_state}
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    measurements = {"loss": loss, "bce": bce, "reg": reg,
-                    "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
-    return params, rest, opt_state, measurements
+    return params, rest, opt_state, {"loss": loss, "bce": bce, "reg": reg, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 
 
-def make_predict(graphdef):
-  """A jitted `(params, rest, ids) -> logits` in eval mode."""
+def make_predict(graphdef, out_shardings=None):
+  """A jitted `(params, rest, ids) -> logits` in eval mode (on a mesh: `out_shardings` replicated)."""
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=out_shardings)
   def predict(params, rest, ids):
     return nnx.merge(graphdef, params, rest)(ids)
 
   return predict
 
 
-def evaluate(predict, params, rest, ids: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
-  """AUC and logloss over a split; the last batch is padded so that only one shape is compiled."""
+def evaluate(predict, params, rest, ids: np.ndarray, labels: np.ndarray, batch_size: int, *,
+             put_batch=jnp.asarray, batch_multiple: int = 1) -> dict:
+  """AUC and logloss over a split; the last batch is padded so that only one shape is compiled.
+
+  On a mesh, `put_batch` places a batch split over 'data' and `batch_multiple` (= mesh.data) rounds the
+  batch size up so that it divides.
+  """
   n = ids.shape[0]
-  batch_size = min(batch_size, n)
+  batch_size = -(-min(batch_size, n) // batch_multiple) * batch_multiple
   logits = []
   for start in range(0, n, batch_size):
     chunk = np.asarray(ids[start:start + batch_size])
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = np.concatenate([chunk, np.zeros((pad, chunk.shape[1]), chunk.dtype)])
-    logits.append(np.asarray(predict(params, rest, jnp.asarray(chunk)))[:batch_size - pad])
+    logits.append(np.asarray(predict(params, rest, put_batch(chunk)))[:batch_size - pad])
   logits = np.concatenate(logits)
   return {"auc": metrics.roc_auc(labels, logits), "logloss": metrics.log_loss(labels, logits)}
 
@@ -134,6 +215,15 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "eval_batch_size", "max_epochs", "patience"):
     if int(config.train[key]) < 1:
       raise UserError(f"config.train.{key} must be >= 1, got {config.train[key]}")
+  if config.train.table_optimizer not in sparse.TABLE_OPTIMIZERS:
+    raise UserError(f"config.train.table_optimizer: unknown optimizer {config.train.table_optimizer!r}; expected "
+                    f"one of {', '.join(sparse.TABLE_OPTIMIZERS)}")
+  if config.train.table_optimizer == "dense_adam" and config.train.table_learning_rate:
+    raise UserError("config.train.table_learning_rate is the step size of a sparse table optimizer; with "
+                    "table_optimizer='dense_adam' the table uses train.learning_rate")
+  if config.train.table_optimizer != "dense_adam" and not METHODS[config.method].row_table:
+    raise UserError(f"config.train.table_optimizer={config.train.table_optimizer!r} updates the rows of one "
+                    f"embedding table; method {config.method!r} has none (use 'dense_adam')")
   METHODS[config.method].validate(config)
 
 
@@ -145,13 +235,20 @@ def _load_data(config: ml_collections.ConfigDict):
     raise UserError(f"config.data.spec {config.data.spec!r}: {e}") from e
 
 
+_norm = jax.jit(optax.tree.norm)
+
+
 def _copy(tree):
-  """A host copy that survives the donation of the device buffers it was taken from."""
-  return jax.tree.map(lambda x: np.array(x), tree)
+  """A host copy that survives the donation of the device buffers it was taken from (the global values,
+  also of arrays sharded across processes)."""
+  return jax.tree.map(lambda x: np.array(x), parallel.gather(tree))
 
 
-# Config keys that do not change the result: a rerun may change them (see `hq_jax.workdir.RunDir`).
-RESULT_NEUTRAL_KEYS = ("train.eval_batch_size", "data.cache_dir", "train.stop_after_steps")
+# Config keys that do not change the result: a rerun may change them (see `hq_jax.workdir.RunDir`). The mesh's
+# shape only changes float rounding (and a checkpoint restores onto any mesh); `mesh.row_multiple` changes
+# the checkpoint's shapes, so it stays.
+RESULT_NEUTRAL_KEYS = ("train.eval_batch_size", "data.cache_dir", "train.stop_after_steps", "mesh.data",
+                       "mesh.model")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, extend: bool = False) -> dict:
@@ -175,30 +272,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   batch_size = min(int(config.train.batch_size), train_ids.shape[0])
   steps_per_epoch = train_ids.shape[0] // batch_size
 
+  # ---- Mesh (one device and an unpadded table: nothing is sharded, the single-device code path exactly).
+  mesh = parallel.mesh_from_config(config.mesh.data, config.mesh.model)
+  parallel.check_batch_size(batch_size, mesh)
+  num_rows = table_rows(config, ds.num_features, mesh)
+  on_mesh = mesh.size > 1 or num_rows != ds.num_features
+  replicated = parallel.replicated(mesh) if on_mesh else None
+  put_batch = (lambda x: parallel.put(x, parallel.batch_sharding(mesh))) if on_mesh else jnp.asarray
+
   # ---- Model, optimizer, steps (one graph per phase and mode: the method may switch its table's phase).
   method = METHODS[config.method]
   phases = method.phases
-  model = create_model(config, ds.num_features, ds.num_fields, counts)
+  make_model = lambda: pad_table(create_model(config, ds.num_features, ds.num_fields, counts), num_rows)
+  model = nnx.eval_shape(make_model)
   graphdefs = {}
   for phase in phases:
     method.enter_phase(model.embedding, phase)
     graphdefs[phase, "eval"], _, _ = split_model(model, train=False)
-    graphdefs[phase, "train"], params, rest = split_model(model, train=True)
-  tx = create_optimizer(config)
-  train_steps = {p: make_train_step(graphdefs[p, "train"], tx, l2=float(config.train.l2),
-                                    lam=method.regularizer_weight(config, p)) for p in phases}
-  predicts = {p: make_predict(graphdefs[p, "eval"]) for p in phases}
+    graphdefs[phase, "train"], _, _ = split_model(model, train=True)
+  tx, table_opt = create_optimizer(config), create_table_optimizer(config)
 
-  # ---- State (what a checkpoint holds).
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
+  def init():
+    """The parameters (train mode) and optimizer state of `config.seed`, created on the mesh."""
+    model = make_model()
+    _, params, rest = split_model(model, train=True)
+    return {"params": params, "rest": rest, "opt_state": init_optimizer(model, tx, table_opt)}
+
+  shardings = parallel.state_shardings(jax.eval_shape(init), mesh, table_rows=num_rows) if on_mesh else None
+  initial_state = jax.jit(init, out_shardings=shardings)()
+  params, rest = initial_state["params"], initial_state["rest"]
+  step_shardings = (shardings["params"], shardings["rest"], shardings["opt_state"], replicated) if on_mesh else None
+  train_steps = {p: make_train_step(graphdefs[p, "train"], tx, l2=float(config.train.l2),
+                                    lam=method.regularizer_weight(config, p), table_opt=table_opt,
+                                    out_shardings=step_shardings) for p in phases}
+  predicts = {p: make_predict(graphdefs[p, "eval"], out_shardings=replicated) for p in phases}
+  init_opt = jax.jit(lambda params, rest: init_optimizer(nnx.merge(graphdefs[phases[0], "train"], params, rest),
+                                                         tx, table_opt),
+                     out_shardings=shardings["opt_state"] if on_mesh else None)
+
+  # ---- State (what a checkpoint holds); restored onto this mesh, whatever mesh wrote it.
+  state = {"params": params, "rest": rest, "opt_state": initial_state["opt_state"],
            "best_params": _copy(params), "best_rest": _copy(rest),
            "phase": np.int32(0), "epoch": np.int32(0), "step": np.int64(0),
            "best_auc": np.float64(-np.inf), "best_epoch": np.int32(-1), "bad_epochs": np.int32(0),
            "train_seconds": np.zeros(len(phases)), "epochs_done": np.zeros(len(phases), np.int32),
            "phase_best_auc": np.full(len(phases), np.nan)}
+  del initial_state
   run = workdir_lib.RunDir(workdir, config, epochs_key="train.max_epochs", ignore=RESULT_NEUTRAL_KEYS,
                            extend=extend)
-  restored = run.restore(state)
+  # The device state restores with this mesh's shardings; host copies and counters as NumPy.
+  restored = run.restore(dict(state, **{k: parallel.with_shardings(state[k], shardings[k])
+                                        for k in ("params", "rest", "opt_state")}) if on_mesh else state)
   if restored is not None:
     state = restored
     print(f"resumed from step {int(state['step'])} (phase {phases[int(state['phase'])]}, "
@@ -224,9 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       history = []
       for i in workdir_lib.progress(range(steps_per_epoch), steps_per_epoch, f"{phase} epoch {epoch + 1}"):
         idx = order[i * batch_size:(i + 1) * batch_size]
-        params, rest, opt_state, m = train_step(params, rest, opt_state, jnp.asarray(train_ids[idx]),
-                                                jnp.asarray(train_labels[idx]),
-                                                jax.random.fold_in(base_key, step))
+        params, rest, opt_state, m = train_step(params, rest, opt_state, put_batch(train_ids[idx]),
+                                                put_batch(train_labels[idx]), jax.random.fold_in(base_key, step))
         history.append({k: m[k] for k in ("loss", "bce", "reg")})
         step += 1
         if stop_after and step >= stop_after:
@@ -236,7 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       run.check_finite(history["loss"], epoch=epoch, first_step=first_step + 1, where=f"{phase} phase")
       sums = {k: float(np.sum(v, dtype=np.float64)) for k, v in history.items()}
       train_seconds = time.time() - epoch_start
-      valid = evaluate(predict, params, rest, valid_ids, valid_labels, config.train.eval_batch_size)
+      valid = evaluate(predict, params, rest, valid_ids, valid_labels, config.train.eval_batch_size,
+                       put_batch=put_batch, batch_multiple=mesh.shape[parallel.DATA])
       improved = valid["auc"] > float(state["best_auc"])
       state.update(params=params, rest=rest, opt_state=opt_state, step=np.int64(step),
                    epoch=np.int32(epoch + 1))
@@ -253,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       record = {"step": step, "phase": phase, "epoch": epoch, "valid_auc": valid["auc"],
                 "valid_logloss": valid["logloss"], "train_loss": sums["loss"] / max(steps_per_epoch, 1),
                 "train_bce": sums["bce"] / max(steps_per_epoch, 1), "train_seconds": train_seconds,
-                "grad_norm": float(m["grad_norm"]), "param_norm": float(m["param_norm"])}
+                "grad_norm": float(m["grad_norm"]), "param_norm": float(_norm(params))}
       record.update(method.epoch_record(nnx.merge(graphdefs[phase, "eval"], params, rest).embedding, phase,
                                         sums["reg"] / max(steps_per_epoch, 1)))
       run.metrics.append(record)
@@ -265,20 +389,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       break
     # ---- Next phase (MPE: search -> retrain), set up by the method from the best point of this one, with a
     # fresh optimizer. Not checkpointed by itself: a run resumed here redoes this deterministic step.
-    model = nnx.merge(graphdefs[phase, "train"], state["best_params"], state["best_rest"])
-    initial = create_model(config, ds.num_features, ds.num_fields, counts)
+    model = nnx.merge(graphdefs[phase, "train"], _copy(state["best_params"]), _copy(state["best_rest"]))
+    initial = pad_table(create_model(config, ds.num_features, ds.num_fields, counts), num_rows)
     method.next_phase(config, model.embedding, initial.embedding)
     method.enter_phase(model.embedding, phases[phase_index + 1])
     _, params, rest = split_model(model, train=True)
-    state = dict(state, params=params, rest=rest, opt_state=tx.init(params),
+    if on_mesh:
+      params, rest = parallel.put(params, shardings["params"]), parallel.put(rest, shardings["rest"])
+    state = dict(state, params=params, rest=rest, opt_state=init_opt(params, rest),
                  best_params=_copy(params), best_rest=_copy(rest), phase=np.int32(phase_index + 1),
                  epoch=np.int32(0), best_auc=np.float64(-np.inf), best_epoch=np.int32(-1), bad_epochs=np.int32(0))
 
   # ---- Test at the best point of the last phase, export, results.
   best_params, best_rest = state["best_params"], state["best_rest"]
+  if on_mesh:
+    best_params, best_rest = (parallel.put(_copy(best_params), shardings["params"]),
+                              parallel.put(_copy(best_rest), shardings["rest"]))
   test = evaluate(predicts[phase], best_params, best_rest, test_ids, test_labels,
-                  config.train.eval_batch_size)
-  final = nnx.merge(graphdefs[phase, "eval"], best_params, best_rest).embedding
+                  config.train.eval_batch_size, put_batch=put_batch, batch_multiple=mesh.shape[parallel.DATA])
+  final = unpad_table(nnx.merge(graphdefs[phase, "eval"], _copy(best_params), _copy(best_rest))).embedding
   sizes, arrays = method.export(final)
   if arrays is not None:
     run.write_export(arrays)

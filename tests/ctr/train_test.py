@@ -52,6 +52,21 @@ def test_mpe_resume_in_both_phases_matches_uninterrupted_run(tmp_path):
     assert json.load(f)["test_auc"] == resumed["test_auc"]
 
 
+@pytest.mark.parametrize("method,table_optimizer", [("mpe", "lazy_adam"), ("alpt", "rowwise_adagrad")])
+def test_sparse_table_state_resumes_exactly(tmp_path, method, table_optimizer):
+  c = _config()
+  c.method, c.train.table_optimizer = method, table_optimizer
+  full = train.train_and_evaluate(c, str(tmp_path / "full"))
+  # MPE: stopped mid-way through the first retrain epoch (after the search -> retrain step); ALPT: mid-epoch 2.
+  stop_at = full["steps_per_epoch"] * (2 if method == "mpe" else 1) + 1
+  c.train.stop_after_steps = stop_at
+  assert train.train_and_evaluate(c, str(tmp_path / "resumed"))["status"] == "stopped"
+  c.train.stop_after_steps = 0
+  resumed = train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert (resumed["test_auc"], resumed["test_logloss"]) == (full["test_auc"], full["test_logloss"])
+  assert _metrics(str(tmp_path / "resumed")) == _metrics(str(tmp_path / "full"))
+
+
 def test_non_finite_loss_names_the_step(tmp_path):
   # ../shared/cases/nan-before-first-checkpoint: the message is true when no checkpoint exists yet.
   with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(epoch 1, batch \d+, train phase\); stopped: no "
