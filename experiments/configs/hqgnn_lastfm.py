@@ -66,6 +66,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.distill.decay = 0.1  # rank r is drawn with probability proportional to exp(-decay * (r + 1))
   config.distill.samples = 4  # teacher items per BPR row and step
 
+  # Device mesh (hq_jax.parallel): batches over `data`, E0 and A~ by node rows over `model` x `data`; the
+  # product is the number of devices. row_multiple pads E0 to a multiple of it (0: of the device count); a
+  # fixed one (e.g. 64) lets a checkpoint move between mesh shapes whose row blocks divide it.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = 1
+  config.mesh.model = 1
+  config.mesh.row_multiple = 0
+
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (20, 50)
   config.eval.every = 50  # epochs between evaluations written to metrics.jsonl; 0 = only at the end

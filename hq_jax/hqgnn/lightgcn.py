@@ -12,16 +12,27 @@ from flax import nnx
 
 
 class LightGCN(nnx.Module):
-  """Holds E0, the only parameters of LightGCN; users are rows 0..U-1, items rows U..U+I-1."""
+  """Holds E0, the only parameters of LightGCN; users are rows 0..U-1, items rows U..U+I-1.
 
-  def __init__(self, num_users: int, num_items: int, dim: int, *, init_std: float, rngs: nnx.Rngs):
+  With `num_rows` > U + I the table has zero rows appended (the padding rule of `hq_jax.parallel`, so that
+  rows divide over a device mesh); no edge, triple or metric touches them. The first U + I rows are the same
+  random draw as without padding.
+  """
+
+  def __init__(self, num_users: int, num_items: int, dim: int, *, init_std: float, rngs: nnx.Rngs,
+               num_rows: int | None = None):
     self.num_users = num_users
     self.num_items = num_items
-    self.embedding = nnx.Param(init_std * jax.random.normal(rngs.params(), (num_users + num_items, dim)))
+    e0 = init_std * jax.random.normal(rngs.params(), (num_users + num_items, dim))
+    pad = (num_rows or num_users + num_items) - (num_users + num_items)
+    if pad < 0:
+      raise ValueError(f"num_rows={num_rows} < U + I = {num_users + num_items}")
+    self.embedding = nnx.Param(jnp.pad(e0, ((0, pad), (0, 0))) if pad else e0)
 
   def split_nodes(self, nodes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(U + I, d) node matrix -> (users (U, d), items (I, d))."""
-    return nodes[: self.num_users], nodes[self.num_users :]
+    """(..., N, d) node rows -> (users (..., U, d), items (..., I, d)); padding rows dropped."""
+    u, i = self.num_users, self.num_items
+    return nodes[..., :u, :], nodes[..., u:u + i, :]
 
 
 def bpr_loss(users: jax.Array, pos: jax.Array, neg: jax.Array, weights: jax.Array | None = None) -> jax.Array:

@@ -43,6 +43,7 @@ class ModelConfig:
   quant: quant_module.QuantizerConfig | None = None  # None: full precision
   codes: Codes = "final"  # 'final' (spec) or 'layerwise' (BiGeaR's layout)
   layer_weights: quantizer.WeightScheme = "mean"  # 'layerwise' scoring: 'mean' or 'bigear'
+  num_rows: int | None = None  # rows of E0 when padded for a device mesh (`hq_jax.parallel.padded_rows`)
 
   def __post_init__(self):
     if self.codes not in CODES:
@@ -85,7 +86,7 @@ class HQGNN(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.encoder = lightgcn.LightGCN(config.num_users, config.num_items, config.dim, init_std=config.init_std,
-                                     rngs=rngs)
+                                     rngs=rngs, num_rows=config.num_rows)
     self.quantizer = nnx.data(None)  # set by `init_quantizer`
 
   def init_quantizer(self, graph, adjacency) -> None:
@@ -94,18 +95,22 @@ class HQGNN(nnx.Module):
       users, items = self.embeddings(graph, adjacency)
       self.quantizer = quant_module.EmbeddingQuantizer(self.config.quant, users, items)
 
+  def final_embeddings(self, graph, adjacency) -> tuple[jax.Array, jax.Array]:
+    """LightGCN's float final embeddings mean_k E(k) (users (U, d), items (I, d)), whatever is quantized."""
+    aggregate = graph_lib.make_aggregate(graph, adjacency, self.config.aggregation)
+    e0 = self.encoder.embedding[...]
+    return self.encoder.split_nodes(graph_lib.lightgcn_propagate(aggregate, e0, self.config.num_layers))
+
   def embeddings(self, graph, adjacency) -> tuple[jax.Array, jax.Array]:
     """The float representations that are quantized: final embeddings, or the per-layer stacks."""
     c = self.config
-    aggregate = graph_lib.make_aggregate(graph, adjacency, c.aggregation)
-    e0 = self.encoder.embedding[...]
     if c.codes == "final":
-      return self.encoder.split_nodes(graph_lib.lightgcn_propagate(aggregate, e0, c.num_layers))
-    layers = [e0]
+      return self.final_embeddings(graph, adjacency)
+    aggregate = graph_lib.make_aggregate(graph, adjacency, c.aggregation)
+    layers = [self.encoder.embedding[...]]
     for _ in range(c.num_layers):
       layers.append(aggregate(layers[-1]))
-    stack = jnp.stack(layers)
-    return stack[:, : c.num_users], stack[:, c.num_users :]
+    return self.encoder.split_nodes(jnp.stack(layers))
 
   def __call__(self, graph, adjacency, deltas: dict | None = None) -> tuple[jax.Array, jax.Array]:
     """What BPR scores: x^ (through the quantizer's estimator; `deltas` are the GSTE's) or float embeddings."""

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,176 +21,27 @@ from flax import nnx
 
 from hq_jax import evaluation
 from hq_jax import export
-from hq_jax.checkpoint import Checkpointer
-from hq_jax.data.interactions import InteractionData, load_dataset, validation_split
+from hq_jax import parallel
+from hq_jax.data.interactions import InteractionData
 from hq_jax.errors import UserError
-from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import lightgcn
 from hq_jax.hqgnn import model as model_lib
 from hq_jax.hqgnn import sampling
+# The set-up (config -> data, graph, model, optimizer) lives in `setup`; re-exported for callers of the trainer.
+from hq_jax.hqgnn.setup import (EVAL_SPLITS, LR_SCHEDULES, Problem, create_model, create_optimizer,  # noqa: F401
+                                create_problem, delta_config, encoder_learning_rate, load_training_data,
+                                model_factory, model_name, quantizer_config, read_encoder, validate_config)
 from hq_jax.quant import curvature
-from hq_jax.quant import module as quant_module
 from hq_jax.workdir import RunDir, device_description, now_iso, progress
 
 
-def validate_config(config: ml_collections.ConfigDict, data: InteractionData) -> model_lib.ModelConfig:
-  """Checks values that config_flags cannot (choices, ranges); returns the model's config.
-
-  Raises:
-    UserError: naming the key.
-  """
-  if config.model.aggregation not in ("segment", "csr"):
-    raise UserError(f"config.model.aggregation={config.model.aggregation!r}: expected 'segment' or 'csr'")
-  for key in ("dim", "num_layers"):
-    if int(config.model[key]) < (1 if key == "dim" else 0):
-      raise UserError(f"config.model.{key}={config.model[key]} is out of range")
-  if config.train.batch_size < 1 or config.train.epochs < 0:
-    raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
-  if config.train.lr_schedule not in LR_SCHEDULES:
-    raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
-  if config.distill.weight < 0 or config.distill.top_r < 1 or config.distill.samples < 1:
-    raise UserError("config.distill: weight must be >= 0, top_r and samples >= 1")
-  if config.distill.weight > 0 and not (config.train.init_from or config.train.pretrain_epochs):
-    raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run "
-                    "(or config.train.pretrain_epochs)")
-  if config.train.pretrain_epochs < 0:
-    raise UserError(f"config.train.pretrain_epochs={config.train.pretrain_epochs} must be >= 0")
-  evaluation.check_ks(config.eval.ks, data.num_items)
-  delta_config(config)
-  try:
-    return model_lib.ModelConfig(
-        num_users=data.num_users, num_items=data.num_items, dim=int(config.model.dim),
-        num_layers=int(config.model.num_layers), init_std=config.model.init_std,
-        aggregation=config.model.aggregation, quant=quantizer_config(config), codes=config.quant.codes,
-        layer_weights=config.quant.layer_weights)
-  except ValueError as e:
-    raise UserError(f"config.quant (codes={config.quant.codes!r}, layer_weights={config.quant.layer_weights!r}): "
-                    f"{e}") from None
-
-
-def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
-  """The quantizer of `config.quant`, or None for full precision (`quant.bits = 'none'`)."""
-  q = config.quant
-  bits = str(q.bits).strip().lower()
-  if bits in ("none", "fp", "32", ""):
-    return None
-  try:
-    return quant_module.QuantizerConfig(
-        bits=int(bits), estimator=q.estimator, one_bit_scale=q.one_bit_scale, scale_bits=int(q.scale_bits),
-        gaussian_a=q.gaussian_a, init_num_std=q.init_num_std)
-  except ValueError as e:
-    raise UserError(f"config.quant (bits={q.bits!r}, estimator={q.estimator!r}): {e}; bits must be none, 1, 2, "
-                    "3, 4 or 8 and estimator ste, gste or gaussian") from None
-
-
-def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
-  """How the GSTE's delta is set: from the Hessian trace (spec), its diagonal (ours), or fixed."""
-  q = config.quant
-  try:
-    return curvature.DeltaConfig(mode=q.delta, fixed_delta=q.fixed_delta, multiplier=q.delta_multiplier,
-                                 every_epochs=q.delta_every, num_batches=q.delta_batches,
-                                 max_samples=q.hutchinson_max_samples, rtol=q.hutchinson_rtol)
-  except ValueError as e:
-    raise UserError(f"config.quant.delta={q.delta!r}: {e} (expected trace, diagonal or fixed)") from None
-
-
-EVAL_SPLITS = ("test", "valid")
-
-
-def load_training_data(config: ml_collections.ConfigDict) -> InteractionData:
-  """The dataset of `config.data_dir`; with `eval.split = 'valid'`, train minus a validation split carved
-  from it (`eval.valid_fraction` of each user's items, drawn from `eval.valid_seed`), evaluated on that."""
-  if config.eval.split not in EVAL_SPLITS:
-    raise UserError(f"config.eval.split={config.eval.split!r}: expected one of {EVAL_SPLITS}")
-  data = load_dataset(config.data_dir)
-  if config.eval.split == "valid":
-    try:
-      data = validation_split(data, config.eval.valid_fraction, config.eval.valid_seed)
-    except ValueError as e:
-      raise UserError(f"config.eval.valid_fraction={config.eval.valid_fraction}: {e}") from None
-  return data
-
-
-@dataclasses.dataclass
-class Problem:
-  """Everything about the data a training step needs, on device."""
-
-  data: InteractionData
-  graph: Any  # jraph.GraphsTuple
-  adjacency: graph_lib.CSRAdjacency | None
-
-
-def create_problem(config: ml_collections.ConfigDict, data: InteractionData) -> Problem:
-  graph = graph_lib.bipartite_graph(data)
-  adjacency = graph_lib.csr_adjacency(graph) if config.model.aggregation == "csr" else None
-  return Problem(data=data, graph=graph, adjacency=adjacency)
-
-
-def read_encoder(source_workdir: str, embedding_shape: tuple[int, int]) -> np.ndarray:
-  """E0 of the latest checkpoint in `source_workdir` (a trained run), checked against `embedding_shape`.
-
-  Raises:
-    UserError: no checkpoint there, or its E0 has another shape (dataset, split or dim changed).
-  """
-  directory = os.path.join(source_workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserError(f"train.init_from={source_workdir!r}: no checkpoints folder there")
-  with Checkpointer(directory) as source:
-    step = source.latest_step()
-    if step is None:
-      raise UserError(f"train.init_from={source_workdir!r}: no checkpoint in {directory}")
-    saved = source.restore_as_saved(step)
-  theirs = saved.get("params", {}).get("encoder", {}) if isinstance(saved, dict) else {}
-  leaves = jax.tree.leaves(theirs)
-  if len(leaves) != 1 or tuple(np.shape(leaves[0])) != tuple(embedding_shape):
-    raise UserError(f"train.init_from={source_workdir!r}: its encoder {[np.shape(x) for x in leaves]} does not "
-                    f"match this config's {tuple(embedding_shape)} (dataset, split or dim changed?)")
-  _log(f"encoder initialised from {directory} step {step}")
-  return np.asarray(leaves[0], np.float32)
-
-
-def create_model(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
-                 problem: Problem) -> model_lib.HQGNN:
-  """The model of `config.seed`; with `train.init_from`, E0 from that run (then the quantizer's ranges are
-  set from the trained embeddings). The sampler still draws epoch e from (seed, e): with the source run's
-  seed the first epochs replay its BPR triples (results/foundation.md); give a warm start another seed."""
-  model = model_lib.HQGNN(model_config, rngs=nnx.Rngs(params=config.seed))
-  if config.train.init_from:
-    model.encoder.embedding[...] = jnp.asarray(read_encoder(config.train.init_from,
-                                                            model.encoder.embedding[...].shape))
-  model.init_quantizer(problem.graph, problem.adjacency)
-  return model
-
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.ScalarOrSchedule:
-  """`train.learning_rate`, constant or (`train.lr_schedule = 'cosine'`) decayed to 0 over `train.epochs`.
-
-  The cosine schedule is a function of the step, which Adam's state counts, so it resumes exactly; a resumed
-  run with a different `train.epochs` follows a different schedule.
-  """
-  if config.train.lr_schedule == "constant":
-    return config.train.learning_rate
-  return optax.cosine_decay_schedule(config.train.learning_rate, max(config.train.epochs * steps_per_epoch, 1))
-
-
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """Adam on the encoder's parameters; Adam with `quant.range_learning_rate` on the `QuantParam`s (by type)."""
-  def labels(params):
-    return jax.tree.map(lambda v: "quant" if isinstance(v, quant_module.QuantParam) else "encoder", params,
-                        is_leaf=lambda v: isinstance(v, nnx.Variable))
-  return optax.multi_transform({"encoder": optax.adam(encoder_learning_rate(config, steps_per_epoch)),
-                                "quant": optax.adam(config.quant.range_learning_rate)}, labels)
-
-
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: int, decay: float,
-                    distill_weight: float):
+                    distill_weight: float, out_shardings=None):
   """The jitted `train_step(params, opt_state, deltas, batch, graph, adjacency) -> (params, opt_state, metrics)`.
 
   Loss = BPR of the representations + decay * L2 of the batch's E0 rows (+ distill_weight * distillation).
   `deltas` are the GSTE's (ignored by other estimators). `batch` as in `epoch_batches`, one step's slice.
+  On a mesh, `out_shardings` pins the (params, opt_state, metrics) layouts so that no call recompiles.
   """
   def loss_fn(params, deltas, batch, graph, adjacency):
     model = nnx.merge(graphdef, params)
@@ -208,7 +58,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: in
       loss = loss + distill_weight * aux["distill"]
     return loss, aux
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=out_shardings)
   def train_step(params, opt_state, deltas, batch, graph, adjacency):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, deltas, batch, graph, adjacency)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -219,15 +69,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: in
   return train_step
 
 
-def teacher_top_items(model: model_lib.HQGNN, problem: Problem, top_r: int, batch_size: int) -> np.ndarray:
-  """(U, R) int32: each user's top-R non-training items by the full-precision final embeddings of `model`'s
-  encoder (the distillation teacher), best first; users with fewer than R such items repeat their first."""
-  fp = dataclasses.replace(model.config, quant=None, codes="final")
-  teacher = model_lib.HQGNN(fp, rngs=nnx.Rngs(params=0))
-  teacher.encoder.embedding[...] = model.encoder.embedding[...]
-  users, items = jax.jit(lambda g, a: teacher(g, a))(problem.graph, problem.adjacency)
-  top = evaluation.topk_items(np.asarray(users), np.asarray(items), problem.data,
-                              np.arange(problem.data.num_users), top_r, batch_size=batch_size)
+def teacher_top_items(users: np.ndarray, items: np.ndarray, data: InteractionData, top_r: int,
+                      batch_size: int) -> np.ndarray:
+  """(U, R) int32: each user's top-R non-training items by the teacher's full-precision final embeddings
+  (users (U, d), items (I, d)), best first; users with fewer than R such items repeat their first."""
+  top = evaluation.topk_items(users, items, data, np.arange(data.num_users), top_r, batch_size=batch_size)
   return np.where(top >= 0, top, top[:, :1]).astype(np.int32)
 
 
@@ -284,7 +130,7 @@ def _log(msg: str) -> None:
 
 # Config keys that do not change the result: a rerun may change them (see `hq_jax.workdir.RunDir`).
 RESULT_NEUTRAL_KEYS = ("train.log_every", "train.checkpoint_every", "train.stop_after_epochs", "eval.every",
-                       "eval.batch_size")
+                       "eval.batch_size", "mesh.data", "mesh.model")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, extend: bool = False) -> dict:
@@ -306,38 +152,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       run.close()
       return pretrained
   dconfig = delta_config(config)
-  problem = create_problem(config, data)
-  graph_args = (problem.graph, problem.adjacency)
 
   # ------------------------------------------------------------------------------------------------------
-  # Model, optimizer, steps.
+  # Mesh and the graph on it (one device: nothing is sharded, the unsharded code path exactly).
   # ------------------------------------------------------------------------------------------------------
-  model = create_model(config, model_config, problem)
+  mesh = parallel.mesh_from_config(config.mesh.data, config.mesh.model)
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  problem = create_problem(config, data, mesh)
+  graph_args = problem.graph_args
+  model_config = dataclasses.replace(model_config, num_rows=problem.num_rows)
+  on_mesh = problem.mesh is not None
+  replicated = parallel.replicated(mesh) if on_mesh else None
+
+  # ------------------------------------------------------------------------------------------------------
+  # Model and optimizer state, created already sharded; steps.
+  # ------------------------------------------------------------------------------------------------------
   qconfig = model_config.quant
-  teacher = (teacher_top_items(model, problem, config.distill.top_r, config.eval.batch_size)
-             if config.distill.weight > 0 else None)
-  graphdef, params = nnx.split(model)
-  xhat_fn = jax.jit(lambda params, deltas, g, a: nnx.merge(graphdef, params)(g, a, deltas))
-  if qconfig is not None:
-    users0, items0 = model.embeddings(*graph_args)
-    deltas = curvature.initial_deltas(dconfig, {"users": users0, "items": items0})
-  else:
-    deltas = {"users": jnp.zeros(()), "items": jnp.zeros(())}
-  uses_curvature = qconfig is not None and qconfig.estimator == "gste" and dconfig.mode != "fixed"
   steps_per_epoch = -(-data.train.nnz // config.train.batch_size)
   tx = create_optimizer(config, steps_per_epoch)
-  opt_state = tx.init(params)
-  train_step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay,
-                               distill_weight=float(config.distill.weight))
-  float_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).embeddings(g, a))
-  represent_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).quantize(g, a))
+  make_model = model_factory(config, model_config)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_model(*graph_args)))
+
+  def init(graph, adjacency):
+    params = nnx.state(make_model(graph, adjacency))
+    return {"params": params, "opt_state": tx.init(params)}
+
+  shardings = parallel.state_shardings(jax.eval_shape(init, *graph_args), mesh, table_rows=problem.num_rows)
+  state = jax.jit(init, out_shardings=shardings)(*graph_args)
+  params, opt_state = state["params"], state["opt_state"]
+  float_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).embeddings(g, a), out_shardings=replicated)
+  xhat_fn = jax.jit(lambda params, deltas, g, a: nnx.merge(graphdef, params)(g, a, deltas),
+                    out_shardings=replicated)
+  represent_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).quantize(g, a), out_shardings=replicated)
+  teacher = None
+  if config.distill.weight > 0:
+    final_fn = jax.jit(lambda params, g, a: nnx.merge(graphdef, params).final_embeddings(g, a))
+    teacher = teacher_top_items(*parallel.gather(final_fn(params, *graph_args)), data, config.distill.top_r,
+                                config.eval.batch_size)
+  if qconfig is not None:
+    deltas = curvature.initial_deltas(dconfig, dict(zip(("users", "items"),
+                                                        jax.eval_shape(float_fn, params, *graph_args))))
+  else:
+    deltas = {"users": jnp.zeros(()), "items": jnp.zeros(())}
+  if on_mesh:
+    deltas = parallel.put(deltas, replicated)
+  uses_curvature = qconfig is not None and qconfig.estimator == "gste" and dconfig.mode != "fixed"
+  train_step = make_train_step(
+      graphdef, tx, num_users=data.num_users, decay=config.train.decay, distill_weight=float(config.distill.weight),
+      out_shardings=(shardings["params"], shardings["opt_state"], replicated) if on_mesh else None)
   curvature_loss = functools.partial(model_lib.bpr_of_representations, weights=model_config.weights)
+  put_batch = ((lambda b: parallel.put(b, parallel.batch_sharding(mesh))) if on_mesh else (lambda b: b))
 
   # ------------------------------------------------------------------------------------------------------
-  # Checkpoint: resume from the newest one that restores.
+  # Checkpoint: resume from the newest one that restores (onto this mesh, whatever mesh wrote it).
   # ------------------------------------------------------------------------------------------------------
   start_epoch, seconds_before = 0, np.zeros(2)
-  restored = run.restore(jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0)))
+  abstract = jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0))
+  restored = run.restore(parallel.with_shardings(
+      abstract, parallel.state_shardings(abstract, mesh, table_rows=problem.num_rows)))
   if restored is not None:
     params, opt_state, deltas = restored["params"], restored["opt_state"], restored["deltas"]
     start_epoch, seconds_before = int(restored["epoch"]), np.asarray(restored["seconds"])
@@ -359,13 +231,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
       xhats = {"users": users_hat, "items": items_hat}
       estimate = curvature.update_deltas(
           dconfig, curvature_loss, xhats,
-          [step_batch(i) for i in range(min(dconfig.num_batches, steps_per_epoch))],
+          [put_batch(step_batch(i)) for i in range(min(dconfig.num_batches, steps_per_epoch))],
           jax.random.fold_in(jax.random.key(config.seed), epoch))
       deltas = jax.block_until_ready(estimate.deltas)
       delta_seconds = time.time() - t_delta
       curvature_time += delta_seconds
       xs = dict(zip(("users", "items"), float_fn(params, *graph_args)))
-      run.metrics.append({"step": epoch, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
+      # step e + 1: made during epoch e + 1, so a resume from checkpoint e drops it and redoes it
+      run.metrics.append({"step": epoch + 1, "epoch": epoch, "event": "delta", "delta": _mean_of(deltas),
                           "seconds": delta_seconds,
                           "curvature_per_element": _mean_of(estimate.curvature),
                           "curvature_stderr": _mean_of(estimate.stderr),
@@ -374,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
                           "gradient_change": {k: gradient_change(xs[k], xhats[k], deltas[k]) for k in xs}})
     losses = []
     for i in progress(range(steps_per_epoch), steps_per_epoch, f"epoch {epoch + 1}/{epochs}"):
-      params, opt_state, metrics = train_step(params, opt_state, deltas, step_batch(i), *graph_args)
+      params, opt_state, metrics = train_step(params, opt_state, deltas, put_batch(step_batch(i)), *graph_args)
       losses.append(metrics["loss"])
     losses = np.asarray(jnp.stack(losses))
     run.check_finite(losses, epoch=epoch, first_step=epoch * steps_per_epoch)
@@ -388,18 +261,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
            f"grad_norm {float(metrics['grad_norm']):.4f}  {dt:.2f} s/epoch{extra}")
     record = None
     if config.eval.every and (done % config.eval.every == 0) and done != epochs:
-      users, items = represent_fn(params, *graph_args)
+      users, items = parallel.gather(represent_fn(params, *graph_args))
       record = {"step": done, "epoch": done, "loss": float(losses.mean()),
                 **evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks),
                                       batch_size=config.eval.batch_size)}
       if qconfig is not None:
         record["delta"] = _mean_of(deltas)
       _log("  eval " + "  ".join(f"{k} {v:.4f}" for k, v in record.items() if "@" in k))
+    if record is not None:  # before the checkpoint: a resume from an older one drops it (truncate_after)
+      run.metrics.append(record)
     if done % config.train.checkpoint_every == 0 or done == epochs:
       run.save(done, _checkpoint_state(params, opt_state, deltas, done,
                                        seconds_before + (train_time, curvature_time)))
-    if record is not None:  # logged after the checkpoint that covers it, so a resume never duplicates it
-      run.metrics.append(record)
     if config.train.stop_after_epochs and done >= config.train.stop_after_epochs and done < epochs:
       if run.latest_step() == done:
         run.close()
@@ -409,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   # ------------------------------------------------------------------------------------------------------
   # Final evaluation and export: the metrics are computed from exactly what export.npz stores.
   # ------------------------------------------------------------------------------------------------------
-  users, items = jax.device_get(represent_fn(params, *graph_args))
+  users, items = parallel.gather(represent_fn(params, *graph_args))
   final = evaluation.evaluate(users, items, data, ks=tuple(config.eval.ks), batch_size=config.eval.batch_size)
   run.write_export(export.export_arrays(users, items))
   run.metrics.set_final({"step": epochs, "epoch": epochs, **final})
@@ -470,19 +343,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, ml_
   with second.unlocked():
     second.train.init_from = os.path.join(workdir, "pretrain")
   return results, second
-
-
-def model_name(c: model_lib.ModelConfig) -> str:
-  """'lightgcn', or e.g. 'hqgnn-1bit-gste', 'hqgnn-1bit-ste-row8-layerwise-bigear'."""
-  if c.quant is None:
-    return "lightgcn"
-  q = c.quant
-  name = f"hqgnn-{q.bits}bit-{q.estimator}"
-  if q.bits == 1 and q.one_bit_scale == "row":
-    name += f"-row{q.scale_bits}"
-  if c.codes == "layerwise":
-    name += f"-layerwise-{c.layer_weights}"
-  return name
 
 
 def results_table(runs: list[dict]) -> str:

@@ -500,15 +500,11 @@ CASES = [
          kill="checkpoint:2", same_result=True),
     Case("ctrl_c_during_checkpoint", H, (), 0, r"^warning: removed W/checkpoints/2\.orbax-checkpoint-tmp",
          kill="sigint:checkpoint:2", same_result=True),
-    Case("kill_during_metrics_jsonl", H, (), 0, r"^$", kill="metrics.jsonl:2", same_result=True,
-         known_bug="hqgnn/train.py appends an evaluation record after the checkpoint that covers it: a kill "
-                   "in between loses the record for good (the rerun resumes after that epoch)"),
+    Case("kill_during_metrics_jsonl", H, (), 0, r"^$", kill="metrics.jsonl:2", same_result=True),
     Case("kill_during_checkpoint_gste", H, ("--config.quant.bits=1", "--config.quant.estimator=gste",
                                             "--config.quant.delta_every=2"), 0,
          r"^warning: removed W/checkpoints/3\.orbax-checkpoint-tmp", kill="checkpoint:3",
-         check=lambda c, result: repeated_records(os.path.join(c, "w")),
-         known_bug="hqgnn/train.py logs a GSTE delta update as step e after checkpoint e: a rerun resuming from "
-                   "checkpoint e keeps it and logs it again"),
+         check=lambda c, result: repeated_records(os.path.join(c, "w"))),
     Case("kill_during_config_json", H, (), 0, r"^$", kill="config.json:1", same_result=True),
     Case("kill_during_config_json_extend", H, ("--config.train.epochs=6", "--extend"), 0,
          r"warning: W: continuing the run from train\.epochs=4 to 6", workdir=H, kill="config.json:1",

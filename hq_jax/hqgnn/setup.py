@@ -1,0 +1,224 @@
+"""From an ml_collections config to what the HQ-GNN trainer runs: checked config, data, graph (on one device
+or split over a mesh), model and optimizer (ours; the trainer, `hq_jax.hqgnn.train`, keeps only training).
+
+Every config error is a `UserError` naming the key.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from hq_jax import evaluation
+from hq_jax import parallel
+from hq_jax.checkpoint import Checkpointer
+from hq_jax.data.interactions import InteractionData, load_dataset, validation_split
+from hq_jax.errors import UserError
+from hq_jax.hqgnn import graph as graph_lib
+from hq_jax.hqgnn import model as model_lib
+from hq_jax.quant import curvature
+from hq_jax.quant import module as quant_module
+
+
+def _log(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def validate_config(config: ml_collections.ConfigDict, data: InteractionData) -> model_lib.ModelConfig:
+  """Checks values that config_flags cannot (choices, ranges); returns the model's config.
+
+  Raises:
+    UserError: naming the key.
+  """
+  if config.model.aggregation not in ("segment", "csr"):
+    raise UserError(f"config.model.aggregation={config.model.aggregation!r}: expected 'segment' or 'csr'")
+  for key in ("dim", "num_layers"):
+    if int(config.model[key]) < (1 if key == "dim" else 0):
+      raise UserError(f"config.model.{key}={config.model[key]} is out of range")
+  if config.train.batch_size < 1 or config.train.epochs < 0:
+    raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
+  if config.train.lr_schedule not in LR_SCHEDULES:
+    raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+  if config.distill.weight < 0 or config.distill.top_r < 1 or config.distill.samples < 1:
+    raise UserError("config.distill: weight must be >= 0, top_r and samples >= 1")
+  if config.distill.weight > 0 and not (config.train.init_from or config.train.pretrain_epochs):
+    raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run "
+                    "(or config.train.pretrain_epochs)")
+  if config.train.pretrain_epochs < 0:
+    raise UserError(f"config.train.pretrain_epochs={config.train.pretrain_epochs} must be >= 0")
+  evaluation.check_ks(config.eval.ks, data.num_items)
+  delta_config(config)
+  try:
+    return model_lib.ModelConfig(
+        num_users=data.num_users, num_items=data.num_items, dim=int(config.model.dim),
+        num_layers=int(config.model.num_layers), init_std=config.model.init_std,
+        aggregation=config.model.aggregation, quant=quantizer_config(config), codes=config.quant.codes,
+        layer_weights=config.quant.layer_weights)
+  except ValueError as e:
+    raise UserError(f"config.quant (codes={config.quant.codes!r}, layer_weights={config.quant.layer_weights!r}): "
+                    f"{e}") from None
+
+
+def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
+  """The quantizer of `config.quant`, or None for full precision (`quant.bits = 'none'`)."""
+  q = config.quant
+  bits = str(q.bits).strip().lower()
+  if bits in ("none", "fp", "32", ""):
+    return None
+  try:
+    return quant_module.QuantizerConfig(
+        bits=int(bits), estimator=q.estimator, one_bit_scale=q.one_bit_scale, scale_bits=int(q.scale_bits),
+        gaussian_a=q.gaussian_a, init_num_std=q.init_num_std)
+  except ValueError as e:
+    raise UserError(f"config.quant (bits={q.bits!r}, estimator={q.estimator!r}): {e}; bits must be none, 1, 2, "
+                    "3, 4 or 8 and estimator ste, gste or gaussian") from None
+
+
+def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
+  """How the GSTE's delta is set: from the Hessian trace (spec), its diagonal (ours), or fixed."""
+  q = config.quant
+  try:
+    return curvature.DeltaConfig(mode=q.delta, fixed_delta=q.fixed_delta, multiplier=q.delta_multiplier,
+                                 every_epochs=q.delta_every, num_batches=q.delta_batches,
+                                 max_samples=q.hutchinson_max_samples, rtol=q.hutchinson_rtol)
+  except ValueError as e:
+    raise UserError(f"config.quant.delta={q.delta!r}: {e} (expected trace, diagonal or fixed)") from None
+
+
+EVAL_SPLITS = ("test", "valid")
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> InteractionData:
+  """The dataset of `config.data_dir`; with `eval.split = 'valid'`, train minus a validation split carved
+  from it (`eval.valid_fraction` of each user's items, drawn from `eval.valid_seed`), evaluated on that."""
+  if config.eval.split not in EVAL_SPLITS:
+    raise UserError(f"config.eval.split={config.eval.split!r}: expected one of {EVAL_SPLITS}")
+  data = load_dataset(config.data_dir)
+  if config.eval.split == "valid":
+    try:
+      data = validation_split(data, config.eval.valid_fraction, config.eval.valid_seed)
+    except ValueError as e:
+      raise UserError(f"config.eval.valid_fraction={config.eval.valid_fraction}: {e}") from None
+  return data
+
+
+@dataclasses.dataclass
+class Problem:
+  """Everything about the data a training step needs, on device (or on the mesh)."""
+
+  data: InteractionData
+  graph: Any  # jraph.GraphsTuple, or None when A~ is split over a mesh (not needed there)
+  adjacency: Any  # graph.CSRAdjacency, parallel.ShardedCSR, or None (segment aggregation)
+  num_rows: int  # rows of E0: U + I, padded on a mesh (hq_jax.parallel's padding rule)
+  mesh: jax.sharding.Mesh | None = None  # None: one device, nothing sharded
+
+  @property
+  def graph_args(self) -> tuple:
+    return self.graph, self.adjacency
+
+
+def create_problem(config: ml_collections.ConfigDict, data: InteractionData,
+                   mesh: jax.sharding.Mesh | None = None) -> Problem:
+  """The graph on one device, or A~ split by node rows over `mesh` (when it has several devices or the table
+  is padded by `config.mesh.row_multiple`)."""
+  graph = graph_lib.bipartite_graph(data)
+  n = data.num_users + data.num_items
+  num_rows = parallel.padded_rows(n, mesh, config.mesh.row_multiple) if mesh is not None else n
+  if mesh is not None and (mesh.size > 1 or num_rows != n):
+    if config.model.aggregation != "csr":
+      raise UserError("config.model.aggregation='segment' runs on one device only; use 'csr' on a mesh")
+    return Problem(data=data, graph=None, num_rows=num_rows, mesh=mesh,
+                   adjacency=parallel.sharded_csr_adjacency(graph, mesh, num_rows=num_rows))
+  adjacency = graph_lib.csr_adjacency(graph) if config.model.aggregation == "csr" else None
+  return Problem(data=data, graph=graph, adjacency=adjacency, num_rows=n)
+
+
+def read_encoder(source_workdir: str, embedding_shape: tuple[int, int]) -> np.ndarray:
+  """E0 of the latest checkpoint in `source_workdir` (a trained run), checked against `embedding_shape`
+  (U + I, d); rows a mesh padded it with are dropped.
+
+  Raises:
+    UserError: no checkpoint there, or its E0 has another shape (dataset, split or dim changed).
+  """
+  directory = os.path.join(source_workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"train.init_from={source_workdir!r}: no checkpoints folder there")
+  with Checkpointer(directory) as source:
+    step = source.latest_step()
+    if step is None:
+      raise UserError(f"train.init_from={source_workdir!r}: no checkpoint in {directory}")
+    saved = source.restore_as_saved(step)
+  theirs = saved.get("params", {}).get("encoder", {}) if isinstance(saved, dict) else {}
+  leaves = [np.asarray(x)[: embedding_shape[0]] for x in jax.tree.leaves(theirs)]
+  if len(leaves) != 1 or tuple(np.shape(leaves[0])) != tuple(embedding_shape):
+    raise UserError(f"train.init_from={source_workdir!r}: its encoder {[np.shape(x) for x in leaves]} does not "
+                    f"match this config's {tuple(embedding_shape)} (dataset, split or dim changed?)")
+  _log(f"encoder initialised from {directory} step {step}")
+  return np.asarray(leaves[0], np.float32)
+
+
+def model_factory(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig):
+  """`make(graph, adjacency) -> HQGNN`: the model of `config.seed`; with `train.init_from`, E0 from that run
+  (then the quantizer's ranges are set from the trained embeddings). Pure, so it can run under jit with
+  `out_shardings` (state created already sharded). The sampler still draws epoch e from (seed, e): with the
+  source run's seed the first epochs replay its BPR triples (results/foundation.md); give it another seed."""
+  e0 = None
+  if config.train.init_from:
+    e0 = read_encoder(config.train.init_from, (model_config.num_users + model_config.num_items, model_config.dim))
+
+  def make(graph, adjacency) -> model_lib.HQGNN:
+    model = model_lib.HQGNN(model_config, rngs=nnx.Rngs(params=config.seed))
+    if e0 is not None:
+      model.encoder.embedding[...] = parallel.pad_rows(jnp.asarray(e0), model.encoder.embedding.shape[0])
+    model.init_quantizer(graph, adjacency)
+    return model
+
+  return make
+
+
+def create_model(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig,
+                 problem: Problem) -> model_lib.HQGNN:
+  """The model of `model_factory`, built eagerly on `problem`'s graph (benchmarks, notebooks)."""
+  return model_factory(config, model_config)(*problem.graph_args)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.ScalarOrSchedule:
+  """`train.learning_rate`, constant or (`train.lr_schedule = 'cosine'`) decayed to 0 over `train.epochs`.
+
+  The cosine schedule is a function of the step, which Adam's state counts, so it resumes exactly; a resumed
+  run with a different `train.epochs` follows a different schedule.
+  """
+  if config.train.lr_schedule == "constant":
+    return config.train.learning_rate
+  return optax.cosine_decay_schedule(config.train.learning_rate, max(config.train.epochs * steps_per_epoch, 1))
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """Adam on the encoder's parameters; Adam with `quant.range_learning_rate` on the `QuantParam`s (by type)."""
+  def labels(params):
+    return jax.tree.map(lambda v: "quant" if isinstance(v, quant_module.QuantParam) else "encoder", params,
+                        is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return optax.multi_transform({"encoder": optax.adam(encoder_learning_rate(config, steps_per_epoch)),
+                                "quant": optax.adam(config.quant.range_learning_rate)}, labels)
+
+
+def model_name(c: model_lib.ModelConfig) -> str:
+  """'lightgcn', or e.g. 'hqgnn-1bit-gste', 'hqgnn-1bit-ste-row8-layerwise-bigear'."""
+  if c.quant is None:
+    return "lightgcn"
+  q = c.quant
+  name = f"hqgnn-{q.bits}bit-{q.estimator}"
+  if q.bits == 1 and q.one_bit_scale == "row":
+    name += f"-row{q.scale_bits}"
+  if c.codes == "layerwise":
+    name += f"-layerwise-{c.layer_weights}"
+  return name
