@@ -237,11 +237,21 @@ def put(tree, shardings):
 
 
 def gather(tree):
-  """Host NumPy copies of a pytree of (possibly sharded, possibly multi-process) arrays."""
+  """Host NumPy copies of the global values of a pytree of (possibly sharded, possibly multi-process) arrays.
+
+  Host arrays and arrays this process holds whole are taken as they are (they already are global values:
+  gathering them across processes would stack every process's copy).
+  """
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, tree)
   from jax.experimental import multihost_utils
-  return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
 
 
 # ----------------------------------------------------------------------------------------------------------
