@@ -15,6 +15,7 @@ anything touches a device; with --num_processes > 1 every process runs the same 
       --num_processes=2 --process_id=0   # and --process_id=1 on the second process
 """
 
+import signal
 import sys
 from typing import Callable
 
@@ -125,8 +126,32 @@ def initialize_distributed() -> None:
                     f"{f.coordinator_address}: {_one_line(e)[:300]}") from None
 
 
+def _interrupt(signum, frame) -> None:
+  del signum, frame
+  raise KeyboardInterrupt
+
+
+def _drop_late_loop_callbacks(unraisable) -> None:
+  """`sys.unraisablehook` that drops only "Event loop is closed" from a callback.
+
+  When orbax gives up a restore (a damaged checkpoint, reported in one warning line and moved aside), the
+  asyncio loop it ran is closed while tensorstore reads of the same restore are still in flight; their done-
+  callbacks then fail on the closed loop. Nothing is lost and nothing is left to report, but Python would
+  print each as a traceback. Everything else goes to the default hook.
+  """
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def run(main: Callable[[list[str]], None], prog: str) -> None:
   """Runs `main` under absl with one-line errors for bad input (see the module docstring)."""
+  sys.unraisablehook = _drop_late_loop_callbacks
+  # Ctrl-C raises KeyboardInterrupt wherever the main thread is. With Python's default handler in place,
+  # asyncio.run (orbax's checkpoint finalisation) swaps in its own, which only cancels the running task, and
+  # a task that completes anyway loses the interrupt; asyncio leaves a non-default handler alone.
+  signal.signal(signal.SIGINT, _interrupt)
 
   def wrapped(argv):
     if logging.get_verbosity() == logging.INFO:  # the default: silence per-save INFO lines of orbax

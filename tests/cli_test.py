@@ -85,3 +85,24 @@ def test_two_processes_join(tmp_path):
     assert p.returncode == 0, err
   last_lines = [out.strip().splitlines()[-1].split() for out, _ in outs]  # gloo prints a line of its own
   assert last_lines == [["0", "2", "2", "[10,", "11]"], ["1", "2", "2", "[10,", "11]"]]
+
+
+def test_late_event_loop_callbacks_are_dropped_and_others_kept(capsys, monkeypatch):
+  """A callback failing on a closed asyncio loop (abandoned orbax restore) prints nothing; any other
+  unraisable exception still reaches the default hook."""
+  import gc
+  monkeypatch.setattr(sys, "unraisablehook", cli._drop_late_loop_callbacks)
+
+  class RaisesOnDelete:
+    def __init__(self, exc):
+      self.exc = exc
+
+    def __del__(self):
+      raise self.exc
+
+  RaisesOnDelete(RuntimeError("Event loop is closed"))
+  gc.collect()
+  assert "Event loop is closed" not in capsys.readouterr().err
+  RaisesOnDelete(ValueError("boom"))
+  gc.collect()
+  assert "boom" in capsys.readouterr().err
