@@ -30,3 +30,27 @@ def _private_ctr_cache(tmp_path_factory):
   """Keeps the CTR preprocessing cache of the whole test session in a temporary folder."""
   os.environ["HQ_JAX_CACHE"] = str(tmp_path_factory.mktemp("hq_jax_cache"))
   yield
+
+
+def free_port() -> int:
+  """A TCP port on localhost that was free a moment ago (the coordinator of a multi-process test)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def finish_all(procs, timeout: float) -> None:
+  """Waits for every `subprocess.Popen` (stderr piped, text mode), kills any still running when one fails or
+  the time is up (a peer of a failed process waits for it forever), and asserts each exited 0, showing its
+  stderr tail."""
+  logs = []
+  try:
+    for p in procs:
+      logs.append(p.communicate(timeout=timeout)[1])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, err in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]

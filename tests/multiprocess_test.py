@@ -3,21 +3,14 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, finish_all, free_port, subprocess_env
 
 WORKER = str(REPO / "tests" / "multiprocess_worker.py")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _env() -> dict:
@@ -31,7 +24,7 @@ def _env() -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("local_devices, data", [(2, 2)])  # 2 processes x 2 devices, mesh data 2 x model 2
 def test_two_processes_agree_with_one(tmp_path, local_devices, data):
-  port = _free_port()
+  port = free_port()
   outs = [tmp_path / f"process{i}.json" for i in range(2)]
   ref_out = tmp_path / "reference.json"
   procs = [subprocess.Popen([sys.executable, WORKER, "--num_processes=2", f"--process_id={i}", f"--port={port}",
@@ -40,17 +33,7 @@ def test_two_processes_agree_with_one(tmp_path, local_devices, data):
            for i in range(2)]
   ref = subprocess.run([sys.executable, WORKER, "--num_processes=1", f"--out={ref_out}"], env=_env(),
                        capture_output=True, text=True, timeout=600, check=False)
-  logs = []
-  try:
-    for p in procs:
-      _, err = p.communicate(timeout=600)
-      logs.append(err)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, err in zip(procs, logs):
-    assert p.returncode == 0, err[-3000:]
+  finish_all(procs, timeout=600)
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   want = json.loads(ref_out.read_text())

@@ -3,24 +3,17 @@ on one ('data', 'model') mesh over both processes' devices agrees with a single-
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, finish_all, free_port, subprocess_env
 
 # The float table (no rounding that float noise could flip) with the sparse table optimizer: row gathers and
 # scatters of a table sharded within each process, batches split across the processes.
 ARGS = ["-m", "experiments.mpe", "--config=experiments/configs/mpe_test.py", "--config.method=fp",
         "--config.train.table_optimizer=lazy_adam"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _env(devices: int, cache) -> dict:
@@ -39,7 +32,7 @@ def _read(workdir) -> tuple[dict, list[dict]]:
 
 @pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
-  port, shared = _free_port(), tmp_path / "two"
+  port, shared = free_port(), tmp_path / "two"
   # 2 processes x 2 devices: 'data' across the processes, the table's rows over 'model' within each.
   mesh = ["--config.mesh.data=2", "--config.mesh.model=2", "--config.mesh.row_multiple=8"]
   procs = [subprocess.Popen([sys.executable, *ARGS, f"--workdir={shared}", *mesh,
@@ -49,17 +42,7 @@ def test_two_processes_agree_with_one(tmp_path):
            for i in range(2)]
   ref = subprocess.run([sys.executable, *ARGS, f"--workdir={tmp_path / 'one'}"], cwd=REPO,
                        env=_env(1, tmp_path / "cache1"), capture_output=True, text=True, timeout=1500, check=False)
-  logs = []
-  try:
-    for p in procs:
-      _, err = p.communicate(timeout=1500)
-      logs.append(err)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, err in zip(procs, logs):
-    assert p.returncode == 0, err[-3000:]
+  finish_all(procs, timeout=1500)
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   got, got_metrics = _read(shared)

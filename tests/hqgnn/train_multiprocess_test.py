@@ -2,22 +2,15 @@
 and A~ split over the processes (mesh 1 x 2); the final metrics and export equal one process's run."""
 
 import json
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, finish_all, free_port, subprocess_env
 
 CONFIG = "experiments/configs/hqgnn_test.py"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _command(workdir, *extra) -> list[str]:
@@ -29,20 +22,13 @@ def _command(workdir, *extra) -> list[str]:
 def test_two_processes_reproduce_one(tmp_path):
   env = dict(subprocess_env(), JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # one device per process
-  port = _free_port()
+  port = free_port()
   shared = tmp_path / "two"
   procs = [subprocess.Popen(_command(shared, "--config.mesh.model=2", "--num_processes=2", f"--process_id={i}",
                                      f"--coordinator_address=localhost:{port}"),
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=1200) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, logs):
-    assert p.returncode == 0, err[-3000:]
+  finish_all(procs, timeout=1200)
   one = subprocess.run(_command(tmp_path / "one"), cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1200)
   assert one.returncode == 0, one.stderr[-3000:]
