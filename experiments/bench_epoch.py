@@ -20,7 +20,6 @@ import time
 import jax
 import numpy as np
 from absl import flags
-from flax import nnx
 
 from hq_jax import cli
 from hq_jax.data.interactions import load_dataset
@@ -41,14 +40,7 @@ _OUT = flags.DEFINE_string("out", "", "JSON output path (default: print only).")
 
 def time_jax(config, data, aggregation: str) -> dict:
   config.model.aggregation = aggregation
-  problem = train.create_problem(config, data)
-  model = train.create_model(config, train.validate_config(config, data), problem)
-  graphdef, params = nnx.split(model)
-  tx = train.create_optimizer(config)
-  opt_state = tx.init(params)
-  deltas = {"users": np.zeros((), np.float32), "items": np.zeros((), np.float32)}
-  step = train.make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay,
-                               distill_weight=0.0)
+  problem, params, opt_state, deltas, step = train.initial_step_state(config, data)
   t = time.perf_counter()
   batches = train.epoch_batches(data, 0, 0, config.train.batch_size)
   sample_s = time.perf_counter() - t

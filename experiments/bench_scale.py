@@ -168,7 +168,6 @@ def power_law_interactions(num_edges: int, *, user_exponent: float = 0.5, item_e
 def growth_point(num_edges: int) -> dict:
   """One LightGCN size: step times at the fixed and the proportional batch, peak memory vs what it holds."""
   import jax
-  from flax import nnx
 
   from experiments.configs import hqgnn_gowalla
   from hq_jax.hqgnn import sampling, train
@@ -180,13 +179,7 @@ def growth_point(num_edges: int) -> dict:
   config = hqgnn_gowalla.get_config()
   config.model.dim, config.model.num_layers, config.model.aggregation = _DIM.value, _LAYERS.value, "csr"
   config.eval.ks = (1,)
-  problem = train.create_problem(config, data)
-  model = train.create_model(config, train.validate_config(config, data), problem)
-  graphdef, params = nnx.split(model)
-  tx = train.create_optimizer(config)
-  opt_state = tx.init(params)
-  deltas = {"users": np.zeros((), np.float32), "items": np.zeros((), np.float32)}
-  step = train.make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay, distill_weight=0.0)
+  problem, params, opt_state, deltas, step = train.initial_step_state(config, data)
   rng = np.random.default_rng(0)
   t = time.perf_counter()
   sampling.sample_bpr_epoch(data.train, data.num_items, rng)

@@ -7,6 +7,7 @@ Each variant is a name whose dash-separated tokens set config keys (see `variant
   fp | {b}bit                  quant.bits = none | b
   ste | gste | gaussian        quant.estimator (default ste)
   row32 | row8                 1 bit: one scale per row, stored as float32 or 8-bit codes (default: per matrix)
+  itq                          rotate the trained start by ITQ's rotation before quantizing (needs a start)
   layerwise [bigear]           quantize every layer E(k) (scores weighted by LightGCN's mean, or BiGeaR's)
   fixed{v} | trace{m}x | diag{m}x   GSTE delta: fixed v, or m times the trace / diagonal curvature rule
   distill{w}                   ranking distillation from train.init_from with weight w
@@ -55,6 +56,8 @@ def variant_overrides(name: str) -> dict:
       out["quant.estimator"] = token
     elif m := re.fullmatch(r"row(32|8)", token):
       out.update({"quant.one_bit_scale": "row", "quant.scale_bits": int(m.group(1))})
+    elif token == "itq":
+      out["quant.rotation"] = "itq"
     elif token == "layerwise":
       out["quant.codes"] = "layerwise"
     elif token == "bigear":

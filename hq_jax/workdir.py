@@ -12,7 +12,9 @@ A workdir holds
 1. `RunDir(workdir, config, ...)` compares `config` with the stored `config.json`: any difference in a key
    that changes the result stops the run with one `UserError` line naming the keys. Only a larger epoch
    budget may differ, and only with `extend=True` (the binaries' `--extend` flag); it is then recorded as a
-   continuation in `config.json` and `results.json`.
+   continuation in `config.json` and `results.json`. A key added to the config after the workdir was
+   created matches when it holds the value that keeps the old behaviour (the trainer's `added_keys`), so a
+   newer hq_jax resumes and re-evaluates older runs.
 2. `restore(abstract_state)` resumes from the newest checkpoint that restores with the arrays that were saved
    (`hq_jax.checkpoint` stores a checksum with each step); a damaged one (a bad disk, a partial copy) is
    reported in one warning line and moved aside, never deleted.
@@ -36,7 +38,8 @@ import platform
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -162,9 +165,15 @@ def flatten_config(config) -> dict:
   return out
 
 
-def config_differences(stored: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
-  """Dotted keys whose values differ between two configs (or exist in one only), minus `ignore`."""
+def config_differences(stored: dict, current: dict, ignore: Iterable[str] = (),
+                       added_keys: Mapping[str, Any] | None = None) -> list[str]:
+  """Dotted keys whose values differ between two configs (or exist in one only), minus `ignore`.
+
+  `added_keys` {dotted key: value}: keys newer than `stored` may be; absent from `stored`, each counts as
+  that value (the one that keeps the behaviour from before the key existed).
+  """
   a, b = flatten_config(stored), flatten_config(current)
+  a = {**_jsonable(dict(added_keys or {})), **a}
   ignore = set(ignore)
   return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k, KeyError) != b.get(k, KeyError))
 
@@ -189,6 +198,8 @@ class RunDir:
       evaluation, caches, simulated interruptions); they may differ between reruns.
     extend: allow a larger epoch budget than the stored one (recorded as a continuation).
     max_to_keep: checkpoints kept.
+    added_keys: {dotted key: value} of keys added to the config after older workdirs were created, with
+      the value that keeps the old behaviour (`config_differences`).
 
   Raises:
     UserError: the stored config differs in a key outside `ignore`, or the epoch budget shrank / grew
@@ -196,12 +207,13 @@ class RunDir:
   """
 
   def __init__(self, workdir: str, config, *, epochs_key: str, ignore: Iterable[str] = (), extend: bool = False,
-               max_to_keep: int = 2):
+               max_to_keep: int = 2, added_keys: Mapping[str, Any] | None = None):
     self.workdir = workdir
     self.writer = jax.process_index() == 0  # the process that writes the workdir's files
     os.makedirs(workdir, exist_ok=True)
     self.config = _jsonable(config)
     self.continuations: list[dict] = []
+    self._added_keys = dict(added_keys or {})
     self._check_config(epochs_key, tuple(ignore), extend)
     self._damaged: list[int] = []  # steps moved aside by this run
     if self.writer:
@@ -232,7 +244,7 @@ class RunDir:
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise UserError(f"{path}: unreadable ({e}); move it away to adopt this run's config") from None
     self.continuations = list(stored.get("continuations", []))
-    differing = config_differences(stored_config, self.config, ignore)
+    differing = config_differences(stored_config, self.config, ignore, self._added_keys)
     old, new = flatten_config(stored_config).get(epochs_key), flatten_config(self.config).get(epochs_key)
     if epochs_key in differing and isinstance(old, int) and isinstance(new, int) and new > old and extend:
       differing.remove(epochs_key)

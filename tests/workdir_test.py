@@ -25,6 +25,18 @@ def test_config_differences_names_changed_added_and_removed_keys():
   assert workdir.config_differences(a, b) == ["train.lr", "train.new"]
   assert workdir.config_differences(a, b, ignore=["train.new"]) == ["train.lr"]
   assert workdir.config_differences(b, b) == []
+  # A key newer than the stored config matches when it holds the value that keeps the old behaviour.
+  assert workdir.config_differences(a, b, added_keys={"train.new": 1}) == ["train.lr"]
+  assert workdir.config_differences(a, b, added_keys={"train.new": 0}) == ["train.lr", "train.new"]
+  assert workdir.config_differences(b, a, added_keys={"train.new": 1}) == ["train.lr", "train.new"]  # only newer
+
+
+def test_rundir_resumes_a_workdir_older_than_an_added_key(tmp_path):
+  workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs").close()
+  added = {"train.warmup": 0}
+  workdir.RunDir(str(tmp_path), _config(warmup=0), epochs_key="train.epochs", added_keys=added).close()
+  with pytest.raises(UserError, match=r"train\.warmup \(absent -> 3\)"):
+    workdir.RunDir(str(tmp_path), _config(warmup=3), epochs_key="train.epochs", added_keys=added)
 
 
 def test_rundir_stores_the_config_and_refuses_another(tmp_path):

@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 2048
   config.train.learning_rate = 1e-3
   config.train.lr_schedule = "constant"  # or "cosine": decays the encoder's lr to 0 over train.epochs
+  config.train.warmup_epochs = 0  # cosine only: linear warm-up from 0 over this many epochs, then the decay
   config.train.decay = 1e-4
   config.train.log_every = 10
   config.train.checkpoint_every = 10
@@ -57,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.quant.range_learning_rate = 1e-3  # Adam lr of the learnable range / 1-bit scale (spec: 1e-5..1e-3)
   config.quant.one_bit_scale = "matrix"  # matrix or row (BiGeaR-style per-row scale)
   config.quant.scale_bits = 32  # row scales stored as float32 (32) or 8-bit codes (8)
+  # itq: rotate the trained start (init_from / pretrain_epochs) by ITQ's rotation before quantizing (ours)
+  config.quant.rotation = "none"
+  config.quant.itq_iterations = 50
   config.quant.init_num_std = 3.0  # initial range: mean -+ this many std of the initial embeddings
 
   # Ranking distillation from the train.init_from model's top-R items (ours, after BiGeaR). weight 0 = off.

@@ -95,6 +95,11 @@ class HQGNN(nnx.Module):
       users, items = self.embeddings(graph, adjacency)
       self.quantizer = quant_module.EmbeddingQuantizer(self.config.quant, users, items)
 
+  def rotate_encoder(self, rotation: jax.Array) -> None:
+    """E0 <- E0 R for an orthogonal R (d, d): every layer and the final embeddings rotate by R (LightGCN is
+    linear), so scores and the L2 penalty are unchanged; used before quantization (`quant.rotation`)."""
+    self.encoder.embedding[...] = self.encoder.embedding[...] @ rotation.astype(self.encoder.embedding.dtype)
+
   def final_embeddings(self, graph, adjacency) -> tuple[jax.Array, jax.Array]:
     """LightGCN's float final embeddings mean_k E(k) (users (U, d), items (I, d)), whatever is quantized."""
     aggregate = graph_lib.make_aggregate(graph, adjacency, self.config.aggregation)

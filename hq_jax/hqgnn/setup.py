@@ -24,6 +24,7 @@ from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import model as model_lib
 from hq_jax.quant import curvature
 from hq_jax.quant import module as quant_module
+from hq_jax.quant import rotation
 
 
 def _log(msg: str) -> None:
@@ -45,11 +46,21 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
     raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
   if config.train.lr_schedule not in LR_SCHEDULES:
     raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+  warmup = config.train.get("warmup_epochs", 0)
+  if warmup and (config.train.lr_schedule != "cosine" or not 0 < warmup < max(config.train.epochs, 1)):
+    raise UserError(f"config.train.warmup_epochs={warmup}: needs lr_schedule='cosine' and 0 < warmup_epochs < "
+                    f"train.epochs={config.train.epochs}")
   if config.distill.weight < 0 or config.distill.top_r < 1 or config.distill.samples < 1:
     raise UserError("config.distill: weight must be >= 0, top_r and samples >= 1")
   if config.distill.weight > 0 and not (config.train.init_from or config.train.pretrain_epochs):
     raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run "
                     "(or config.train.pretrain_epochs)")
+  if config.quant.get("rotation", "none") not in ROTATIONS:
+    raise UserError(f"config.quant.rotation={config.quant.rotation!r}: expected one of {ROTATIONS}")
+  if config.quant.get("rotation", "none") != "none" and (
+      quantizer_config(config) is None or not (config.train.init_from or config.train.pretrain_epochs)):
+    raise UserError(f"config.quant.rotation={config.quant.rotation!r} rotates a trained encoder before it is "
+                    "quantized: it needs quant.bits and config.train.init_from (or config.train.pretrain_epochs)")
   if config.train.pretrain_epochs < 0:
     raise UserError(f"config.train.pretrain_epochs={config.train.pretrain_epochs} must be >= 0")
   evaluation.check_ks(config.eval.ks, data.num_items)
@@ -92,6 +103,7 @@ def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
 
 
 EVAL_SPLITS = ("test", "valid")
+ROTATIONS = ("none", "itq")
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> InteractionData:
@@ -167,15 +179,22 @@ def model_factory(config: ml_collections.ConfigDict, model_config: model_lib.Mod
   """`make(graph, adjacency) -> HQGNN`: the model of `config.seed`; with `train.init_from`, E0 from that run
   (then the quantizer's ranges are set from the trained embeddings). Pure, so it can run under jit with
   `out_shardings` (state created already sharded). The sampler still draws epoch e from (seed, e): with the
-  source run's seed the first epochs replay its BPR triples (results/foundation.md); give it another seed."""
+  source run's seed the first epochs replay its BPR triples (results/foundation.md); give it another seed.
+  With `quant.rotation = 'itq'`, the loaded E0 is rotated by ITQ's rotation of its final embeddings
+  (`hq_jax.quant.rotation`; scores unchanged) before the quantizer is set from them."""
   e0 = None
   if config.train.init_from:
     e0 = read_encoder(config.train.init_from, (model_config.num_users + model_config.num_items, model_config.dim))
+  rotate = config.quant.get("rotation", "none") == "itq"
 
   def make(graph, adjacency) -> model_lib.HQGNN:
     model = model_lib.HQGNN(model_config, rngs=nnx.Rngs(params=config.seed))
     if e0 is not None:
       model.encoder.embedding[...] = parallel.pad_rows(jnp.asarray(e0), model.encoder.embedding.shape[0])
+      if rotate:
+        users, items = model.final_embeddings(graph, adjacency)
+        model.rotate_encoder(rotation.itq_rotation(jnp.concatenate([users, items]), jax.random.key(config.seed),
+                                                   int(config.quant.itq_iterations)))
     model.init_quantizer(graph, adjacency)
     return model
 
@@ -194,12 +213,18 @@ LR_SCHEDULES = ("constant", "cosine")
 def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.ScalarOrSchedule:
   """`train.learning_rate`, constant or (`train.lr_schedule = 'cosine'`) decayed to 0 over `train.epochs`.
 
-  The cosine schedule is a function of the step, which Adam's state counts, so it resumes exactly; a resumed
-  run with a different `train.epochs` follows a different schedule.
+  With `train.warmup_epochs = w > 0` the cosine schedule first rises linearly from 0 to the peak over w epochs
+  (optax.warmup_cosine_decay_schedule; the decay then spans the remaining epochs). The schedule is a function
+  of the step, which Adam's state counts, so it resumes exactly; a resumed run with a different
+  `train.epochs` follows a different schedule.
   """
   if config.train.lr_schedule == "constant":
     return config.train.learning_rate
-  return optax.cosine_decay_schedule(config.train.learning_rate, max(config.train.epochs * steps_per_epoch, 1))
+  total = max(config.train.epochs * steps_per_epoch, 1)
+  warmup = config.train.get("warmup_epochs", 0) * steps_per_epoch
+  if warmup == 0:
+    return optax.cosine_decay_schedule(config.train.learning_rate, total)
+  return optax.warmup_cosine_decay_schedule(0.0, config.train.learning_rate, warmup, max(total, warmup + 1))
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:

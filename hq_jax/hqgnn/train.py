@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +69,32 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: in
     return params, opt_state, metrics
 
   return train_step
+
+
+class StepState(NamedTuple):
+  """What one jitted trainer step needs, for benchmarks: `step(params, opt_state, deltas, batch,
+  *problem.graph_args)`."""
+  problem: Problem
+  params: nnx.State
+  opt_state: optax.OptState
+  deltas: dict
+  step: Callable
+
+
+def initial_step_state(config: ml_collections.ConfigDict, data: InteractionData) -> StepState:
+  """The trainer's own jitted step (`make_train_step`, no distillation) with the model of `config` on `data`,
+  its fresh Adam state and zero GSTE deltas (ours; `experiments.bench_epoch`, `experiments.bench_scale`).
+
+  Raises:
+    UserError: an invalid config (`validate_config`).
+  """
+  problem = create_problem(config, data)
+  model = create_model(config, validate_config(config, data), problem)
+  graphdef, params = nnx.split(model)
+  tx = create_optimizer(config)
+  deltas = {"users": np.zeros((), np.float32), "items": np.zeros((), np.float32)}
+  step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay, distill_weight=0.0)
+  return StepState(problem, params, tx.init(params), deltas, step)
 
 
 def teacher_top_items(users: np.ndarray, items: np.ndarray, data: InteractionData, top_r: int,
@@ -131,6 +159,8 @@ def _log(msg: str) -> None:
 # Config keys that do not change the result: a rerun may change them (see `hq_jax.workdir.RunDir`).
 RESULT_NEUTRAL_KEYS = ("train.log_every", "train.checkpoint_every", "train.stop_after_epochs", "eval.every",
                        "eval.batch_size", "mesh.data", "mesh.model")
+# Config keys added after runs were made, with the values that mean the behaviour from before them.
+ADDED_KEYS = {"mesh.row_multiple": 0, "train.warmup_epochs": 0, "quant.rotation": "none", "quant.itq_iterations": 50}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, extend: bool = False) -> dict:
@@ -144,7 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   t_start = time.time()
   data = load_training_data(config)
   model_config = validate_config(config, data)
-  run = RunDir(workdir, config, epochs_key="train.epochs", ignore=RESULT_NEUTRAL_KEYS, extend=extend)
+  run = RunDir(workdir, config, epochs_key="train.epochs", ignore=RESULT_NEUTRAL_KEYS, extend=extend,
+               added_keys=ADDED_KEYS)
   pretrained = None
   if config.train.pretrain_epochs:
     pretrained, config = pretrain(config, workdir)
@@ -290,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   results = {
       "config": config.to_dict(),
       "dataset": data.summary,
-      "model": model_name(model_config),
+      "model": model_name(model_config) + ("-itq" if config.quant.get("rotation", "none") == "itq" else ""),
       "metrics": final,
       "representation_bytes": stored,
       "bits_per_node": 8 * stored / (data.num_users + data.num_items),
@@ -333,6 +364,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, ml_
   with stage.unlocked():
     stage.seed = config.seed + PRETRAIN_SEED_OFFSET
     stage.quant.bits = "none"
+    stage.quant.rotation = "none"
     stage.distill.weight = 0.0
     stage.train.epochs = config.train.pretrain_epochs
     stage.train.pretrain_epochs = 0

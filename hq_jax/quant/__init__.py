@@ -4,6 +4,7 @@
   (per-row 1-bit scales as float32 or 8-bit `ScaleCodes`) and layer-wise `LayeredQuantized`.
 * `estimators`: `fake_quant` (forward = the quantizer, backward = STE or GSTE) as `jax.custom_vjp`s.
 * `curvature`: Hessian-vector products, Hutchinson trace / diagonal, and the GSTE's delta.
+* `rotation`: ITQ's orthogonal rotation, applied to a trained encoder before 1-bit codes.
 * `module`: `EmbeddingQuantizer`, the Flax NNX holder of the user and item quantizer parameters.
 """
 
@@ -43,6 +44,7 @@ from hq_jax.quant.quantizer import quantize_scales
 from hq_jax.quant.quantizer import QuantizedMatrix
 from hq_jax.quant.quantizer import ScaleCodes
 from hq_jax.quant.quantizer import SUPPORTED_BITS
+from hq_jax.quant.rotation import itq_rotation
 
 __all__ = [
     "bits_per_node",
@@ -66,6 +68,7 @@ __all__ = [
     "hvp_rev_rev",
     "init_qparams",
     "initial_deltas",
+    "itq_rotation",
     "layer_weights",
     "LayeredQuantized",
     "MatrixQuantizer",

@@ -70,6 +70,20 @@ def test_cosine_schedule_matches_formula():
   assert train.encoder_learning_rate(_config(learning_rate=0.01)) == 0.01
 
 
+def test_warmup_cosine_schedule_matches_formula():
+  config = _config(learning_rate=0.01, lr_schedule="cosine", epochs=4, warmup_epochs=1)
+  lr = train.encoder_learning_rate(config, steps_per_epoch=25)  # 25 warm-up steps, then 75 of decay
+  for step in (0, 10, 25, 60, 100, 150):
+    want = 0.01 * step / 25 if step < 25 else 0.01 * 0.5 * (1 + np.cos(np.pi * min(step - 25, 75) / 75))
+    assert float(lr(step)) == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("overrides", [dict(warmup_epochs=1), dict(lr_schedule="cosine", warmup_epochs=5)])
+def test_warmup_needs_cosine_and_fewer_epochs(tmp_path, overrides):
+  with pytest.raises(UserError, match="warmup_epochs"):
+    train.train_and_evaluate(_config(**overrides), str(tmp_path))
+
+
 def test_cosine_schedule_resumes_exactly(tmp_path):
   workdir = str(tmp_path / "whole")
   whole = train.train_and_evaluate(_config(lr_schedule="cosine"), workdir)
@@ -205,6 +219,28 @@ def test_init_from_starts_encoder_at_the_source_checkpoint(reference_run, tmp_pa
     train.train_and_evaluate(config, str(tmp_path / "bad_dim"))
   with pytest.raises(UserError, match="no checkpoints"):
     train.train_and_evaluate(_config(epochs=0, init_from=str(tmp_path / "nowhere")), str(tmp_path / "x"))
+
+
+def test_itq_rotation_of_the_start_keeps_its_scores(reference_run, tmp_path):
+  source, _ = reference_run
+  config = _config(epochs=0, init_from=source)
+  config.quant.update(bits="1", one_bit_scale="row", estimator="ste", rotation="itq")
+  data = train.load_training_data(config)
+  problem = train.create_problem(config, data)
+  rotated = train.create_model(config, train.validate_config(config, data), problem)
+  config.quant.rotation = "none"
+  plain = train.create_model(config, train.validate_config(config, data), problem)
+  (ru, ri), (pu, pi) = rotated.final_embeddings(*problem.graph_args), plain.final_embeddings(*problem.graph_args)
+  assert not np.allclose(ru, pu, atol=1e-3)  # rotated ...
+  np.testing.assert_allclose(ru @ ri.T, pu @ pi.T, rtol=1e-4, atol=1e-5)  # ... with the same scores
+  config.quant.rotation = "itq"
+  assert train.train_and_evaluate(config, str(tmp_path / "q"))["model"] == "hqgnn-1bit-ste-row32-itq"
+  # Only a trained start, about to be quantized, is rotated.
+  for overrides in (dict(rotation="itq", bits="none"), dict(rotation="itq", bits="1"), dict(rotation="pca")):
+    bad = _config(epochs=0, init_from="" if overrides.get("bits") == "1" else source)
+    bad.quant.update(overrides)
+    with pytest.raises(UserError, match="quant.rotation"):
+      train.train_and_evaluate(bad, str(tmp_path / "bad"))
 
 
 def damage_checkpoint(workdir: str, step: int) -> None:
