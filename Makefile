@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.12 python3 python; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 WORKDIR ?= runs/lastfm_fp
 
-.PHONY: run test bench setup clean
+.PHONY: run test test-all bench setup clean
 
 $(VENV)/.installed: requirements.txt setup.cfg setup.py
 	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (install one, or set PYTHON=...)" >&2; exit 1; fi
@@ -22,7 +22,12 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m experiments.hqgnn --config=experiments/configs/hqgnn_lastfm.py --workdir=$(WORKDIR)
 
+# make test: everything but the tests marked slow (multi-device, multi-process, kill / resume end to end,
+# packaging, the notebook); make test-all: every test.
 test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+test-all: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # BENCH_FLAGS: e.g. --parts=retrieval,mpe or --profile=tiny --out_dir=/tmp/bench (a quick smoke run).

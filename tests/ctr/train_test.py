@@ -23,6 +23,7 @@ def _metrics(workdir):
     return [{k: v for k, v in json.loads(line).items() if k != "train_seconds"} for line in f]
 
 
+@pytest.mark.slow  # make test-all only (measured 2026-11-30: among the slowest)
 def test_mpe_resume_in_both_phases_matches_uninterrupted_run(tmp_path):
   full = train.train_and_evaluate(_config(), str(tmp_path / "full"))
   steps_per_epoch = full["steps_per_epoch"]
@@ -52,7 +53,8 @@ def test_mpe_resume_in_both_phases_matches_uninterrupted_run(tmp_path):
     assert json.load(f)["test_auc"] == resumed["test_auc"]
 
 
-@pytest.mark.parametrize("method,table_optimizer", [("mpe", "lazy_adam"), ("alpt", "rowwise_adagrad")])
+@pytest.mark.parametrize("method,table_optimizer", [pytest.param("mpe", "lazy_adam", marks=pytest.mark.slow),
+                                                    ("alpt", "rowwise_adagrad")])
 def test_sparse_table_state_resumes_exactly(tmp_path, method, table_optimizer):
   c = _config()
   c.method, c.train.table_optimizer = method, table_optimizer

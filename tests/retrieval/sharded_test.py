@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO, subprocess_env
 
 SCRIPT = textwrap.dedent("""
@@ -57,6 +59,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # make test-all only (measured 2026-11-30: among the slowest)
 def test_sharded_equals_single_device():
   proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
                         timeout=900)

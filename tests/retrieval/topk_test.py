@@ -115,14 +115,15 @@ WIDE = [  # name, bits, d, method, user (scale, offset), item (scale, offset): s
     ("8bit_d64", 8, 64, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
     ("8bit_d300", 8, 300, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
     ("8bit_d1024_int8", 8, 1024, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
-    ("8bit_d4096_int8", 8, 4096, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
+    pytest.param("8bit_d4096_int8", 8, 4096, "auto", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024),
+                 marks=pytest.mark.slow),
     ("8bit_d4096_int_matmul_chunks", 8, 4096, "int_matmul", (13 / 1024, -1741 / 1024), (11 / 1024, -1434 / 1024)),
     ("3bit_d64", 3, 64, "auto", (0.375, -1.25), (0.625, -0.5)),
     ("2bit_d300", 2, 300, "auto", (0.375, -1.25), (0.625, -0.5)),
 ]
 
 
-@pytest.mark.parametrize("name, bits, d, method, u, i", WIDE, ids=[c[0] for c in WIDE])
+@pytest.mark.parametrize("name, bits, d, method, u, i", WIDE, ids=[getattr(c, "values", c)[0] for c in WIDE])
 def test_wide_codes_match_float64_reference(name, bits, d, method, u, i):
   """8 bits up to d = 4096 (past one exact float32 matmul) and other widths: the exact top-K, exclusions on."""
   rng = np.random.default_rng(len(name) + d)
