@@ -178,18 +178,21 @@ class Checkpointer:
   def _verified(self, step: int, state):
     """`state` if it has the checksum saved with `step` (or none was saved); else DamagedCheckpointError."""
     path = os.path.join(self.directory, str(step), CHECKSUM_FILE)
-    got = state_checksum(state)  # first: with several processes it is a collective that every process joins
-    problem = None
+    # Read the saved checksum before the collective below: once a process is past it, it may find the step
+    # damaged and move it aside, and a process that read the file only then would find none and go on.
+    saved, problem = None, None
     try:
       with open(path, encoding="utf-8") as f:
         saved = json.load(f)["leaves"]
     except FileNotFoundError:
-      return state
+      pass
     except (OSError, ValueError, KeyError, TypeError) as e:
       problem = f"its {CHECKSUM_FILE} is unreadable: {e}"
-    else:
-      if got != saved:
-        problem = "the arrays read differ from those saved: checksum mismatch"
+    got = state_checksum(state)  # with several processes a collective that every process joins
+    if saved is None and problem is None:
+      return state
+    if problem is None and got != saved:
+      problem = "the arrays read differ from those saved: checksum mismatch"
     if problem:
       raise DamagedCheckpointError(self.directory, step, problem)
     return state
