@@ -11,7 +11,6 @@ implementation's step (sparse.mm propagation, BPR, Adam) in that interpreter in 
 compares like with like on a shared, noisy machine. Writes JSON and prints a markdown table.
 """
 
-import functools
 import json
 import os
 import subprocess

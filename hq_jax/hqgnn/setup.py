@@ -46,7 +46,7 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
     raise UserError("config.train.batch_size must be >= 1 and config.train.epochs >= 0")
   if config.train.lr_schedule not in LR_SCHEDULES:
     raise UserError(f"config.train.lr_schedule={config.train.lr_schedule!r}: expected one of {LR_SCHEDULES}")
-  warmup = config.train.get("warmup_epochs", 0)
+  warmup = config.train.warmup_epochs
   if warmup and (config.train.lr_schedule != "cosine" or not 0 < warmup < max(config.train.epochs, 1)):
     raise UserError(f"config.train.warmup_epochs={warmup}: needs lr_schedule='cosine' and 0 < warmup_epochs < "
                     f"train.epochs={config.train.epochs}")
@@ -55,9 +55,9 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
   if config.distill.weight > 0 and not (config.train.init_from or config.train.pretrain_epochs):
     raise UserError("config.distill.weight > 0 needs a teacher: set config.train.init_from to a trained run "
                     "(or config.train.pretrain_epochs)")
-  if config.quant.get("rotation", "none") not in ROTATIONS:
+  if config.quant.rotation not in ROTATIONS:
     raise UserError(f"config.quant.rotation={config.quant.rotation!r}: expected one of {ROTATIONS}")
-  if config.quant.get("rotation", "none") != "none" and (
+  if config.quant.rotation != "none" and (
       quantizer_config(config) is None or not (config.train.init_from or config.train.pretrain_epochs)):
     raise UserError(f"config.quant.rotation={config.quant.rotation!r} rotates a trained encoder before it is "
                     "quantized: it needs quant.bits and config.train.init_from (or config.train.pretrain_epochs)")
@@ -185,7 +185,7 @@ def model_factory(config: ml_collections.ConfigDict, model_config: model_lib.Mod
   e0 = None
   if config.train.init_from:
     e0 = read_encoder(config.train.init_from, (model_config.num_users + model_config.num_items, model_config.dim))
-  rotate = config.quant.get("rotation", "none") == "itq"
+  rotate = config.quant.rotation == "itq"
 
   def make(graph, adjacency) -> model_lib.HQGNN:
     model = model_lib.HQGNN(model_config, rngs=nnx.Rngs(params=config.seed))
@@ -221,7 +221,7 @@ def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: in
   if config.train.lr_schedule == "constant":
     return config.train.learning_rate
   total = max(config.train.epochs * steps_per_epoch, 1)
-  warmup = config.train.get("warmup_epochs", 0) * steps_per_epoch
+  warmup = config.train.warmup_epochs * steps_per_epoch
   if warmup == 0:
     return optax.cosine_decay_schedule(config.train.learning_rate, total)
   return optax.warmup_cosine_decay_schedule(0.0, config.train.learning_rate, warmup, max(total, warmup + 1))

@@ -321,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   results = {
       "config": config.to_dict(),
       "dataset": data.summary,
-      "model": model_name(model_config) + ("-itq" if config.quant.get("rotation", "none") == "itq" else ""),
+      "model": model_name(model_config) + ("-itq" if config.quant.rotation == "itq" else ""),
       "metrics": final,
       "representation_bytes": stored,
       "bits_per_node": 8 * stored / (data.num_users + data.num_items),
