@@ -3,7 +3,7 @@
   python -m experiments.hqgnn_lowbit --config=experiments/configs/hqgnn_lastfm.py --root=runs/lowbit_lastfm \
       --variants=fp,1bit-ste,1bit-row8-ste,2bit-ste,4bit-ste --seeds=0,1,2 --out=results/lowbit_lastfm.md
 
-Each variant is a name whose dash-separated tokens set config keys (see `variant_overrides`):
+Each variant is a name whose dash-separated tokens set config keys (`lowbit_variants.variant_overrides`):
   fp | {b}bit                  quant.bits = none | b
   ste | gste | gaussian        quant.estimator (default ste)
   row32 | row8                 1 bit: one scale per row, stored as float32 or 8-bit codes (default: per matrix)
@@ -14,20 +14,21 @@ Each variant is a name whose dash-separated tokens set config keys (see `variant
   pre{n}                       first n full-precision epochs in <workdir>/pretrain, then start from them
   start                        the train.init_from model itself (0 epochs): the full-precision start
 e.g. `1bit-row8-gaussian-layerwise-bigear-distill1`. Every (variant, seed) trains in its own workdir under
---root (finished ones are re-evaluated, interrupted ones resume). The table gives mean ± std over seeds of the final
-metrics, bits per node (codes + stored scalars, over users and items) and Recall@20 as % of the reference row
-(a run's own `pre{n}` stage, else `start` if present, else `fp`); `--plot` draws Recall@20 against bits per node.
+--root (finished ones are re-evaluated, or with --reuse_results read back; interrupted ones resume). The
+table gives mean ± std over seeds of the final metrics, bits per node (codes + stored scalars, over users and
+items) and Recall@20 as % of the reference row (a run's own `pre{n}` stage, else `start` if present, else
+`fp`); `--plot` draws Recall@20 against bits per node, with the rows of earlier tables' .json summaries named
+by `--merge`.
 """
 
 import os
-import re
 
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from experiments.lowbit_variants import finished_results, merged_summaries, plot, variant_overrides
 from hq_jax import cli
-from hq_jax.errors import UserError
 from hq_jax.hqgnn import train
 from hq_jax.workdir import MetricsLog, device_description, now_iso, write_json
 
@@ -37,44 +38,14 @@ _VARIANTS = flags.DEFINE_list("variants", ["fp", "1bit-ste"], "Variant names (se
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds; the table shows mean and std over them.")
 _OUT = flags.DEFINE_string("out", "", "Markdown output file (default: print only); a .json beside it.")
 _PLOT = flags.DEFINE_string("plot", "", "PNG of Recall@20 against bits per node (optional).")
+_REUSE = flags.DEFINE_bool("reuse_results", False, "Take a finished run's results.json as it is, without "
+                            "re-evaluating it, when its stored config equals this one (up to the keys a rerun may "
+                            "change); other runs train or re-evaluate as usual.")
+_MERGE = flags.DEFINE_list("merge", [], "Summaries (.json written by earlier --out) whose rows --plot draws "
+                           "beside this run's (a row of this run replaces a merged row of the same name).")
 flags.mark_flags_as_required(["config", "root"])
 
 METRICS = ("recall@20", "ndcg@20", "recall@50", "ndcg@50")
-
-
-def variant_overrides(name: str) -> dict:
-  """Config overrides {dotted key: value} of a variant name (module docstring); UserError if unknown."""
-  out = {}
-  for token in name.split("-"):
-    if token == "fp":
-      out["quant.bits"] = "none"
-    elif token == "start":
-      out.update({"quant.bits": "none", "train.epochs": 0})
-    elif m := re.fullmatch(r"(\d)bit", token):
-      out["quant.bits"] = m.group(1)
-    elif token in ("ste", "gste", "gaussian"):
-      out["quant.estimator"] = token
-    elif m := re.fullmatch(r"row(32|8)", token):
-      out.update({"quant.one_bit_scale": "row", "quant.scale_bits": int(m.group(1))})
-    elif token == "itq":
-      out["quant.rotation"] = "itq"
-    elif token == "layerwise":
-      out["quant.codes"] = "layerwise"
-    elif token == "bigear":
-      out["quant.layer_weights"] = "bigear"
-    elif m := re.fullmatch(r"fixed([0-9.e+-]+)", token):
-      out.update({"quant.estimator": "gste", "quant.delta": "fixed", "quant.fixed_delta": float(m.group(1))})
-    elif m := re.fullmatch(r"(trace|diag)([0-9.e+-]+)x", token):
-      out.update({"quant.estimator": "gste", "quant.delta": "trace" if m.group(1) == "trace" else "diagonal",
-                  "quant.delta_multiplier": float(m.group(2))})
-    elif m := re.fullmatch(r"pre(\d+)", token):
-      out["train.pretrain_epochs"] = int(m.group(1))
-    elif m := re.fullmatch(r"distill([0-9.e+-]+)", token):
-      out["distill.weight"] = float(m.group(1))
-    else:
-      raise UserError(f"--variants: unknown token {token!r} in {name!r} (see python -m experiments.hqgnn_lowbit "
-                      "--helpfull)")
-  return out
 
 
 def run_one(name: str, seed: int) -> dict:
@@ -85,6 +56,9 @@ def run_one(name: str, seed: int) -> dict:
     for key, value in variant_overrides(name).items():
       section, field = key.split(".")
       config[section][field] = value
+  if _REUSE.value and (stored := finished_results(workdir, config)) is not None:
+    print(f"== {name} seed {seed}: {workdir}/results.json reused", flush=True)
+    return stored
   print(f"== {name} seed {seed}", flush=True)
   return train.train_and_evaluate(config, workdir)  # a finished workdir is re-evaluated, not retrained
 
@@ -150,27 +124,7 @@ def main(argv):
       f.write(text)
     write_json(os.path.splitext(_OUT.value)[0] + ".json", summary)
   if _PLOT.value:
-    plot(summary, _PLOT.value, f"{first['dataset']['name']} ({c.eval.split})")
-
-
-def plot(summary: dict, path: str, title: str) -> None:
-  """Recall@20 (mean ± std over seeds) against bits per node, log2 axis."""
-  import matplotlib  # noqa: PLC0415
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name, s in summary.items():
-    ax.errorbar(s["bits_per_node"], np.mean(s["recall@20"]), yerr=np.std(s["recall@20"]), fmt="o", capsize=3)
-    ax.annotate(name, (s["bits_per_node"], np.mean(s["recall@20"])), fontsize=7, xytext=(4, 2),
-                textcoords="offset points")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("bits per node (codes + stored scalars)")
-  ax.set_ylabel("Recall@20")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+    plot({**merged_summaries(_MERGE.value), **summary}, _PLOT.value, f"{first['dataset']['name']} ({c.eval.split})")
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def _codes(rng, n, d, bits):
 
 WIDE_CASES = [  # name, bits, d: short-mantissa dyadic scales and offsets, so float64 scores are exact
     ("1bit_d64", 1, 64), ("2bit_d64", 2, 64), ("3bit_d64", 3, 64), ("4bit_d64", 4, 64),
-    ("8bit_d64", 8, 64), ("8bit_d300", 8, 300), ("8bit_d1024", 8, 1024),
+    ("8bit_d64", 8, 64), ("8bit_d300", 8, 300), pytest.param("8bit_d1024", 8, 1024, marks=pytest.mark.slow),
     pytest.param("8bit_d4096", 8, 4096, marks=pytest.mark.slow),  # make test-all only
 ]
 

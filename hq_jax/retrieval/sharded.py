@@ -3,7 +3,7 @@
 Items are split into equal contiguous shards along the mesh axis "items" (padded to whole blocks per
 shard); every device runs the blocked top-K of `scan_search` on its shard under `jax.shard_map`, and
 the per-shard (B, K) results are merged into the global top K (lexicographically for keys of several
-words, `topk.lex_top_k`). The merge lists shards in row order, so on equal keys the lower row wins, as in
+words, `lex.lex_top_k`). The merge lists shards in row order, so on equal keys the lower row wins, as in
 the single-device search; the result is identical to it (rows are mapped to item ids by `search_prepared`).
 """
 
@@ -16,9 +16,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hq_jax import backend
 from hq_jax.retrieval import scoring
+from hq_jax.retrieval.lex import lex_top_k
 # `hq_jax.retrieval.topk` the attribute is the function (re-exported); import from the module by path.
-from hq_jax.retrieval.topk import (block_size, blocked, empty_result, lex_top_k, prepare_search, scan_search,
-                                   search_prepared)
+from hq_jax.retrieval.topk import block_size, blocked, empty_result, prepare_search, scan_search, search_prepared
 
 AXIS = "items"
 

@@ -22,8 +22,8 @@ Memory stays bounded for any item count: items are scanned in blocks of `block_i
 Keys (see `scoring`): one float32 word (exact integers below 2^24, or float embeddings' inner products),
 one int32 word (mapped to float32 by the order-preserving `limbs.encode_int32` before `lax.top_k`), or W
 float32 words compared lexicographically. For W > 1 every maximum and top-K above is lexicographic:
-`_lex_max` (the first word's maximum, then the next word's maximum among the entries that tie on the
-previous ones) and `lex_top_k` (thresholds word by word, then one small sort), with the same tie rule.
+`lex.lex_max` (the first word's maximum, then the next word's maximum among the entries that tie on the
+previous ones) and `lex.lex_top_k` (thresholds word by word, then one small sort), with the same tie rule.
 
 Rows and ids. The search runs over the table's rows; a table may store its items in another order than
 their ids (`ItemTable.ids`, the order that breaks integer-key ties exactly, see `scoring`). `search_prepared`
@@ -45,6 +45,7 @@ import numpy as np
 
 from hq_jax import backend
 from hq_jax.errors import UserError
+from hq_jax.retrieval import lex
 from hq_jax.retrieval import limbs as limbs_lib
 from hq_jax.retrieval import scoring
 
@@ -70,72 +71,11 @@ def _exclusion_mask(rows: jax.Array, cols: jax.Array, start: jax.Array, batch: i
   return mask.at[rows, word].add(bit, mode="drop")  # CSR rows hold no duplicates: add == or
 
 
-def _lowest(dtype) -> jax.Array:
-  """The "removed" key: -inf for float keys, the minimum int32 for integer keys."""
-  if jnp.issubdtype(dtype, jnp.integer):
-    return jnp.array(jnp.iinfo(dtype).min, dtype)
-  return jnp.array(-jnp.inf, dtype)
-
-
-def _to_float(keys: jax.Array) -> jax.Array:
-  """A key word as float32 for `lax.top_k` (its integer path is ~10x slower on CPU, and XLA:GPU's TopK kernel
-  takes float32 / bfloat16 only: the same on every backend, see `hq_jax.backend`); removed -> -inf.
-
-  int32 words go through the order-preserving `limbs.encode_int32`. -0.0 becomes +0.0: `lax.top_k` orders
-  floats totally (+0.0 above -0.0), and equal scores must tie.
-  """
-  if jnp.issubdtype(keys.dtype, jnp.integer):
-    return jnp.where(keys == _lowest(keys.dtype), -jnp.inf, limbs_lib.encode_int32(keys))
-  return jnp.where(keys == 0, jnp.zeros((), keys.dtype), keys)
-
-
 def _group_masked(keys, mask_words: jax.Array, valid: jax.Array):
   """Key words (B, G, 32) with excluded (mask bit set) or invalid (padding) rows set to the lowest key."""
   bits = jnp.right_shift(mask_words[..., None], jnp.arange(GROUP, dtype=jnp.uint32)) & 1
   keep = (bits == 0) & valid
-  return tuple(jnp.where(keep, k, _lowest(k.dtype)) for k in keys)
-
-
-def _lex_max(keys) -> tuple[jax.Array, ...]:
-  """Lexicographic maximum of the key words over the last axis."""
-  first = jnp.max(keys[0], axis=-1)
-  out, tied = [first], keys[0] == first[..., None]
-  for k in keys[1:]:
-    m = jnp.max(jnp.where(tied, k, _lowest(k.dtype)), axis=-1)
-    out.append(m)
-    tied = tied & (k == m[..., None])
-  return tuple(out)
-
-
-def lex_top_k(keys, k: int):
-  """Top k of (B, N) float32 key words: (words (B, k) each, positions (B, k)), best first, ties by position.
-
-  One word: `lax.top_k`. Several: word by word, the threshold t_j is the r-th largest value of word j among
-  the entries still tied on the earlier words (r = slots not yet filled); entries above it are in, entries
-  equal to it stay tied, and after the last word the tied entries fill the remaining slots by position.
-  The k chosen entries are then sorted by (words desc, position asc).
-  """
-  if len(keys) == 1:
-    vals, pos = jax.lax.top_k(keys[0], k)
-    return (vals,), pos
-  n = keys[0].shape[-1]
-  chosen = jnp.zeros(keys[0].shape, bool)
-  tied = jnp.ones(keys[0].shape, bool)
-  left = jnp.full(keys[0].shape[:-1] + (1,), k, jnp.int32)
-  for word in keys:
-    vals, _ = jax.lax.top_k(jnp.where(tied, word, -jnp.inf), k)
-    t = jnp.take_along_axis(vals, jnp.clip(left - 1, 0, k - 1), axis=-1)
-    above = tied & (word > t)
-    chosen = chosen | above
-    left = left - jnp.sum(above, axis=-1, keepdims=True, dtype=jnp.int32)
-    tied = tied & (word == t)
-  rank = jnp.cumsum(tied, axis=-1, dtype=jnp.int32) - 1
-  chosen = chosen | (tied & (rank < left))
-  positions = jnp.arange(n, dtype=jnp.float32)
-  _, pos = jax.lax.top_k(jnp.where(chosen, -positions, -jnp.inf), k)  # chosen positions, ascending
-  words = [jnp.take_along_axis(w, pos, axis=-1) for w in keys]
-  out = jax.lax.sort([-w for w in words] + [pos], dimension=-1, num_keys=len(words) + 1)
-  return tuple(-w for w in out[:-1]), out[-1]
+  return tuple(jnp.where(keep, k, lex.lowest(k.dtype)) for k in keys)
 
 
 def _gathered_dot(users: jax.Array, data: jax.Array, groups: jax.Array, acc_dtype) -> jax.Array:
@@ -213,7 +153,7 @@ def _group_maxima(users: scoring.UserRows, block: scoring.ItemTable, mask: jax.A
     betas, shift = scoring.item_terms(spec, t.beta, t.shift)
     keys = scoring.combine(spec, raws, alphas, betas, shift)
     keys = _group_masked(tuple(k.reshape(batch, tg, GROUP) for k in keys), words, ok)
-    return tuple(_to_float(m) for m in _lex_max(keys))
+    return tuple(lex.to_float(m) for m in lex.lex_max(keys))
 
   if tile == n:
     return one_tile((block, mask, valid))
@@ -221,15 +161,6 @@ def _group_maxima(users: scoring.UserRows, block: scoring.ItemTable, mask: jax.A
   out = jax.lax.map(one_tile, (blocked(block, tile), mask.reshape(batch, nt, tg).transpose(1, 0, 2),
                                valid.reshape(nt, tg, GROUP)))
   return tuple(o.transpose(1, 0, 2).reshape(batch, n // GROUP) for o in out)
-
-
-def merge_topk(vals_a, ids_a, vals_b, ids_b, k: int):
-  """Top k of the union of two candidate lists of key words; on equal keys the entry listed first (in a,
-  then b) wins. Callers list lower rows first, so ties go to the lower row."""
-  vals = tuple(jnp.concatenate([a, b], axis=1) for a, b in zip(vals_a, vals_b))
-  ids = jnp.concatenate([ids_a, ids_b], axis=1)
-  top, pos = lex_top_k(vals, k)
-  return top, jnp.take_along_axis(ids, pos, axis=1)
 
 
 def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Array, cols: jax.Array,
@@ -265,14 +196,14 @@ def scan_search(users: scoring.UserRows, table: scoring.ItemTable, rows: jax.Arr
     mask = _exclusion_mask(rows, cols, start, batch, block)
     valid = (start + jnp.arange(block).reshape(ng, GROUP)) < num_items
     gmax = _group_maxima(users, blk, mask, valid, item_tile)  # (B, ng) words
-    _, groups = lex_top_k(gmax, kg)
+    _, groups = lex.lex_top_k(gmax, kg)
     groups = jnp.sort(groups, axis=1)  # ascending rows, so top_k's index tie-break = row tie-break
     cand = _candidate_keys(users, blk, groups)
     cand = _group_masked(cand, jnp.take_along_axis(mask, groups, axis=1), valid[groups])
-    cand = tuple(_to_float(c).reshape(batch, kg * GROUP) for c in cand)
-    vals, pos = lex_top_k(cand, min(k, kg * GROUP))
+    cand = tuple(lex.to_float(c).reshape(batch, kg * GROUP) for c in cand)
+    vals, pos = lex.lex_top_k(cand, min(k, kg * GROUP))
     ids = start + jnp.take_along_axis(groups, pos // GROUP, axis=1) * GROUP + pos % GROUP
-    return merge_topk(best_vals, best_ids, vals, ids.astype(jnp.int32), k), None
+    return lex.merge_topk(best_vals, best_ids, vals, ids.astype(jnp.int32), k), None
 
   init = init if init is not None else empty_result(batch, k, table.words)
   (vals, ids), _ = jax.lax.scan(body, init, (table, jnp.arange(num_blocks, dtype=jnp.int32)))

@@ -132,7 +132,7 @@ def _step_setup(method, table_optimizer, num_features=40, num_fields=5, phase=No
   return step, params, rest, train.init_optimizer(model, tx, table_opt)
 
 
-@pytest.mark.parametrize("method", ["fp", "lsq", "mpe"])
+@pytest.mark.parametrize("method", ["fp", pytest.param("lsq", marks=pytest.mark.slow), "mpe"])
 def test_sparse_step_equals_dense_step_when_every_row_is_in_every_batch(method):
   rng = np.random.default_rng(4)
   batches = [jnp.asarray(rng.permutation(np.tile(np.arange(40), 2)).reshape(16, 5)) for _ in range(3)]

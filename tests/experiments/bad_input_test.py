@@ -206,15 +206,17 @@ class ExecRunner:
 class ForkRunner:
   """Runs each command in a child forked from one of `workers` zygotes that imported the libraries once.
 
-  The children share a JAX persistent compilation cache in a temporary folder (every program compiled once,
-  the same executable loaded afterwards): ~4x less CPU per training run of the tiny configs.
+  The children share a JAX persistent compilation cache (every program compiled once, the same executable
+  loaded afterwards): ~4x less CPU per training run of the tiny configs. It is the test session's cache where
+  conftest set one, else a temporary folder of its own.
   """
 
   def __init__(self, workers: int = 2, env: dict | None = None):
     env = dict(env or subprocess_env())
     self._tmp = tempfile.mkdtemp(prefix="forkrunner")
-    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(self._tmp, "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    # The test session's cache (conftest) when there is one, so programs other tests compiled are loaded here.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(self._tmp, "jax_cache"))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     self._servers = queue.Queue()
     self._procs = []
     self._counter = iter(range(10**9))

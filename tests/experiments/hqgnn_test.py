@@ -23,6 +23,7 @@ def _run(workdir, *extra):
                         timeout=300)
 
 
+@pytest.mark.slow  # make test-all only: bad_input_test's kill cases cover the kind in make test
 def test_kill_nine_then_resume_matches_uninterrupted(tmp_path):
   epochs = ["--config.train.epochs=12", "--config.eval.every=0"]
   clean = _run(tmp_path / "clean", *epochs)

@@ -17,7 +17,8 @@ def _run(workdir, *overrides):
                         cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("method", ["fp", "lsq", "alpt", "qr", "mpe"])
+@pytest.mark.parametrize("method", ["fp", pytest.param("lsq", marks=pytest.mark.slow), "alpt",
+                                    pytest.param("qr", marks=pytest.mark.slow), "mpe"])
 def test_each_method_runs_and_writes_the_workdir(tmp_path, method):
   proc = _run(tmp_path, f"--config.method={method}")
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,12 +3,10 @@ the device count is fixed when JAX starts)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_json_worker
 
 WORKER = r'''
 import json, sys
@@ -31,11 +29,7 @@ print(json.dumps(out))
 
 
 def _run(root, runs: dict, devices: int) -> dict:
-  env = dict(subprocess_env(), XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  proc = subprocess.run([sys.executable, "-c", WORKER, str(root), json.dumps(runs)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=1800)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run_json_worker(WORKER, [str(root), json.dumps(runs)], devices=devices, timeout=1800)
 
 
 @pytest.mark.slow
