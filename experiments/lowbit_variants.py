@@ -89,10 +89,12 @@ def plot(summary: dict, path: str, title: str) -> None:
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for name, s in summary.items():
-    ax.errorbar(s["bits_per_node"], np.mean(s["recall@20"]), yerr=np.std(s["recall@20"]), fmt="o", capsize=3)
-    ax.annotate(name, (s["bits_per_node"], np.mean(s["recall@20"])), fontsize=7, xytext=(4, 2),
-                textcoords="offset points")
+  at_bits: dict[float, int] = {}  # labels of rows at the same code length are stacked, not overprinted
+  for name, s in sorted(summary.items(), key=lambda kv: -np.mean(kv[1]["recall@20"])):
+    bits, recall = round(s["bits_per_node"], 1), np.mean(s["recall@20"])
+    ax.errorbar(bits, recall, yerr=np.std(s["recall@20"]), fmt="o", capsize=3)
+    line = at_bits[bits] = at_bits.get(bits, -1) + 1
+    ax.annotate(name, (bits, recall), fontsize=7, xytext=(4, 2 - 9 * line), textcoords="offset points")
   ax.set_xscale("log", base=2)
   ax.set_xlabel("bits per node (codes + stored scalars)")
   ax.set_ylabel("Recall@20")
