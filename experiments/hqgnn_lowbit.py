@@ -8,6 +8,7 @@ Each variant is a name whose dash-separated tokens set config keys (`lowbit_vari
   ste | gste | gaussian        quant.estimator (default ste)
   row32 | row8                 1 bit: one scale per row, stored as float32 or 8-bit codes (default: per matrix)
   itq                          rotate the trained start by ITQ's rotation before quantizing (needs a start)
+  itemscales                   1 bit, final codes: users stored without scales (same ranking, fewer bits)
   layerwise [bigear]           quantize every layer E(k) (scores weighted by LightGCN's mean, or BiGeaR's)
   fixed{v} | trace{m}x | diag{m}x   GSTE delta: fixed v, or m times the trace / diagonal curvature rule
   distill{w}                   ranking distillation from train.init_from with weight w

@@ -14,7 +14,7 @@ import numpy as np
 
 from hq_jax.errors import UserError
 from hq_jax.hqgnn import train
-from hq_jax.workdir import config_differences, read_json
+from hq_jax.workdir import holds_config, read_json
 
 
 def variant_overrides(name: str) -> dict:
@@ -33,6 +33,8 @@ def variant_overrides(name: str) -> dict:
       out.update({"quant.one_bit_scale": "row", "quant.scale_bits": int(m.group(1))})
     elif token == "itq":
       out["quant.rotation"] = "itq"
+    elif token == "itemscales":
+      out["quant.drop_user_scales"] = True
     elif token == "layerwise":
       out["quant.codes"] = "layerwise"
     elif token == "bigear":
@@ -55,13 +57,13 @@ def variant_overrides(name: str) -> dict:
 def finished_results(workdir: str, config) -> dict | None:
   """The results.json of a finished run in `workdir` whose stored config equals `config` (up to the keys a
   rerun may change, `train.RESULT_NEUTRAL_KEYS`), else None."""
-  try:
-    stored = read_json(os.path.join(workdir, "config.json"))["config"]
-    results = read_json(os.path.join(workdir, "results.json"))
-  except (OSError, ValueError, KeyError, TypeError):
+  if not holds_config(workdir, config, train.RESULT_NEUTRAL_KEYS, train.ADDED_KEYS):
     return None
-  same = not config_differences(stored, config.to_dict(), train.RESULT_NEUTRAL_KEYS, train.ADDED_KEYS)
-  return results if same and "metrics" in results else None
+  try:
+    results = read_json(os.path.join(workdir, "results.json"))
+  except (OSError, ValueError):
+    return None
+  return results if isinstance(results, dict) and "metrics" in results else None
 
 
 def merged_summaries(paths: list[str]) -> dict:
@@ -75,30 +77,48 @@ def merged_summaries(paths: list[str]) -> dict:
       data = read_json(path)
     except (OSError, ValueError) as e:
       raise UserError(f"--merge: cannot read {path}: {e}") from e
-    for name, row in data.items() if isinstance(data, dict) else [(None, None)]:
+    if not isinstance(data, dict):
+      raise UserError(f"--merge: {path} is not a summary written by --out (not a JSON object)")
+    for name, row in data.items():
       if not isinstance(row, dict) or not {"bits_per_node", "recall@20"} <= row.keys():
         raise UserError(f"--merge: {path} is not a summary written by --out (row {name!r})")
       rows[name] = row
   return rows
 
 
+LABEL_STEP = 9  # points a label moves down while it overlaps an earlier one (font size 7)
+
+
 def plot(summary: dict, path: str, title: str) -> None:
-  """Recall@20 (mean ± std over seeds) against bits per node, log2 axis."""
+  """Recall@20 (mean ± std over seeds) against bits per node, log2 axis. Labels are placed in Recall order,
+  each moved down from its point (with a leader line) until it overprints no earlier label."""
   import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  import matplotlib.text  # noqa: PLC0415
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  at_bits: dict[float, int] = {}  # labels of rows at the same code length are stacked, not overprinted
-  for name, s in sorted(summary.items(), key=lambda kv: -np.mean(kv[1]["recall@20"])):
-    bits, recall = round(s["bits_per_node"], 1), np.mean(s["recall@20"])
-    ax.errorbar(bits, recall, yerr=np.std(s["recall@20"]), fmt="o", capsize=3)
-    line = at_bits[bits] = at_bits.get(bits, -1) + 1
-    ax.annotate(name, (bits, recall), fontsize=7, xytext=(4, 2 - 9 * line), textcoords="offset points")
+  rows = sorted(((name, round(s["bits_per_node"], 1), float(np.mean(s["recall@20"])), float(np.std(s["recall@20"])))
+                 for name, s in summary.items()), key=lambda r: -r[2])
+  for _, bits, recall, std in rows:
+    ax.errorbar(bits, recall, yerr=std, fmt="o", capsize=3)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("bits per node (codes + stored scalars)")
   ax.set_ylabel("Recall@20")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   fig.tight_layout()
+  renderer = fig.canvas.get_renderer()
+  placed = []
+  for name, bits, recall, _ in rows:
+    for line in range(len(rows) + 1):
+      leader = dict(arrowstyle="-", lw=0.4, color="0.6", shrinkA=0, shrinkB=3) if line else None
+      label = ax.annotate(name, (bits, recall), fontsize=7, xytext=(4, 2 - LABEL_STEP * line),
+                          textcoords="offset points", arrowprops=leader)
+      label.update_positions(renderer)
+      box = matplotlib.text.Text.get_window_extent(label, renderer)  # the text alone, not its leader line
+      if not any(box.overlaps(other) for other in placed) or line == len(rows):
+        break
+      label.remove()
+    placed.append(box)
   fig.savefig(path, dpi=120)

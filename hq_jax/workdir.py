@@ -178,6 +178,16 @@ def config_differences(stored: dict, current: dict, ignore: Iterable[str] = (),
   return sorted(k for k in a.keys() | b.keys() if k not in ignore and a.get(k, KeyError) != b.get(k, KeyError))
 
 
+def holds_config(workdir: str, config, ignore: Iterable[str] = (), added_keys: Mapping[str, Any] | None = None) -> bool:
+  """Whether `workdir`'s config.json records `config`, as a `RunDir` rerun would accept it (up to `ignore`
+  and `added_keys`, see `config_differences`); False when it has none or it cannot be read."""
+  try:
+    stored = read_json(os.path.join(workdir, CONFIG_FILE))["config"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+  return not config_differences(stored, _jsonable(config), ignore, added_keys)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The run protocol
 # ----------------------------------------------------------------------------------------------------------

@@ -31,6 +31,23 @@ def test_config_differences_names_changed_added_and_removed_keys():
   assert workdir.config_differences(b, a, added_keys={"train.new": 1}) == ["train.lr", "train.new"]  # only newer
 
 
+def test_holds_config_accepts_what_a_rerun_would(tmp_path):
+  path = str(tmp_path / "run")
+  assert not workdir.holds_config(path, _config())  # no workdir yet
+  workdir.RunDir(path, _config(), epochs_key="train.epochs").close()
+  assert workdir.holds_config(path, _config())
+  assert not workdir.holds_config(path, _config(lr=2e-3))
+  assert workdir.holds_config(path, _config(log_every=5), ignore=["train.log_every"])
+  newer = _config()
+  newer.train.warmup = 0
+  assert not workdir.holds_config(path, newer)
+  assert workdir.holds_config(path, newer, added_keys={"train.warmup": 0})
+  with pytest.raises(UserError, match="another config"):  # RunDir refuses exactly what holds_config rejects
+    workdir.RunDir(path, _config(lr=2e-3), epochs_key="train.epochs")
+  (tmp_path / "run" / "config.json").write_text("{not json")
+  assert not workdir.holds_config(path, _config())
+
+
 def test_rundir_resumes_a_workdir_older_than_an_added_key(tmp_path):
   workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs").close()
   added = {"train.warmup": 0}

@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.quant.range_learning_rate = 1e-3  # Adam lr of the learnable range / 1-bit scale (spec: 1e-5..1e-3)
   config.quant.one_bit_scale = "matrix"  # matrix or row (BiGeaR-style per-row scale)
   config.quant.scale_bits = 32  # row scales stored as float32 (32) or 8-bit codes (8)
+  # 1-bit final codes: store users without scales (a user's scale cannot change that user's ranking, ours)
+  config.quant.drop_user_scales = False
   # itq: rotate the trained start (init_from / pretrain_epochs) by ITQ's rotation before quantizing (ours)
   config.quant.rotation = "none"
   config.quant.itq_iterations = 50

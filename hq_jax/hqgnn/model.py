@@ -44,12 +44,18 @@ class ModelConfig:
   codes: Codes = "final"  # 'final' (spec) or 'layerwise' (BiGeaR's layout)
   layer_weights: quantizer.WeightScheme = "mean"  # 'layerwise' scoring: 'mean' or 'bigear'
   num_rows: int | None = None  # rows of E0 when padded for a device mesh (`hq_jax.parallel.padded_rows`)
+  # 1-bit final codes: users are evaluated and exported without their per-row scales (ranking-neutral,
+  # `quantizer.without_row_scales`); training still learns them.
+  drop_user_scales: bool = False
 
   def __post_init__(self):
     if self.codes not in CODES:
       raise ValueError(f"unknown codes {self.codes!r} (expected one of {CODES})")
     if self.codes == "layerwise" and self.quant is None:
       raise ValueError("layerwise codes need a quantizer (bits)")
+    if self.drop_user_scales and (self.quant is None or self.quant.bits != 1 or self.codes != "final"):
+      raise ValueError("drop_user_scales needs 1-bit codes of the final embeddings (bits = 1, codes = "
+                       "'final'): with layer-wise or b-bit codes the user's scales change the ranking")
     quantizer.layer_weights(self.num_layers + 1, self.layer_weights)
 
   @property
@@ -127,7 +133,8 @@ class HQGNN(nnx.Module):
 
   def quantize(self, graph, adjacency):
     """What evaluation ranks and export.npz stores: integer codes (`QuantizedMatrix`, or `LayeredQuantized`
-    for layerwise codes) per side, or the float final embeddings of a full-precision model."""
+    for layerwise codes) per side, or the float final embeddings of a full-precision model. With
+    `drop_user_scales` the users' codes carry one unit scale (same ranking, fewer stored bits)."""
     users, items = self.embeddings(graph, adjacency)
     if self.quantizer is None:
       return users, items
@@ -136,6 +143,8 @@ class HQGNN(nnx.Module):
       mats = q.quantized(x)
       out.append(mats[0] if self.config.codes == "final" else
                  quantizer.LayeredQuantized(layers=tuple(mats), weights=self.config.weights))
+    if self.config.drop_user_scales:
+      out[0] = quantizer.without_row_scales(out[0])
     return tuple(out)
 
 

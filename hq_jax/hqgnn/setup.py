@@ -70,10 +70,10 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
         num_users=data.num_users, num_items=data.num_items, dim=int(config.model.dim),
         num_layers=int(config.model.num_layers), init_std=config.model.init_std,
         aggregation=config.model.aggregation, quant=quantizer_config(config), codes=config.quant.codes,
-        layer_weights=config.quant.layer_weights)
+        layer_weights=config.quant.layer_weights, drop_user_scales=bool(config.quant.drop_user_scales))
   except ValueError as e:
-    raise UserError(f"config.quant (codes={config.quant.codes!r}, layer_weights={config.quant.layer_weights!r}): "
-                    f"{e}") from None
+    raise UserError(f"config.quant (codes={config.quant.codes!r}, layer_weights={config.quant.layer_weights!r}, "
+                    f"drop_user_scales={config.quant.drop_user_scales!r}): {e}") from None
 
 
 def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
@@ -244,6 +244,8 @@ def model_name(c: model_lib.ModelConfig) -> str:
   name = f"hqgnn-{q.bits}bit-{q.estimator}"
   if q.bits == 1 and q.one_bit_scale == "row":
     name += f"-row{q.scale_bits}"
+  if c.drop_user_scales:
+    name += "-itemscales"
   if c.codes == "layerwise":
     name += f"-layerwise-{c.layer_weights}"
   return name

@@ -359,6 +359,22 @@ def quantize(x: jax.Array, bits: int, *, lower: jax.Array | None = None, upper: 
   return QuantizedMatrix(codes=codes, scale=uniform_step(lower, upper, bits), offset=lower, bits=bits)
 
 
+def without_row_scales(qm: QuantizedMatrix) -> QuantizedMatrix:
+  """The same 1-bit codes with one unit scale instead of per-row scales (ours).
+
+  For the query side of a ranking (users): a user's positive scale s_u multiplies every score
+  s_u s_i <c_u, c_i> of that user, so neither the order of the items nor their ties change, and the user's
+  stored scalars (4 or 1 byte a row) can be left out. The scores are no longer those of `dequantize(qm)`
+  (each is divided by s_u). Also valid for a one-scale matrix (the scale becomes 1).
+
+  Raises:
+    ValueError: codes of more than 1 bit (their offset makes the scale matter).
+  """
+  if qm.bits != 1:
+    raise ValueError(f"only 1-bit codes rank the same without their scale, got {qm.bits}-bit codes")
+  return QuantizedMatrix(codes=qm.codes, scale=jnp.ones((), jnp.float32), offset=qm.offset, bits=1)
+
+
 def quantize_layers(xs: Sequence[jax.Array], bits: int, *, scale_mode: ScaleMode = "matrix",
                     scale_bits: int = 32, weights: Sequence[float] | WeightScheme = "mean") -> LayeredQuantized:
   """Quantizes each layer's (n, d) matrix on its own (1 bit: scale per matrix or per row; b >= 2: range

@@ -16,6 +16,8 @@ from hq_jax.errors import UserError
     ("3bit-layerwise", {"quant.bits": "3", "quant.codes": "layerwise"}),
     ("1bit-row8-gaussian-itq", {"quant.bits": "1", "quant.one_bit_scale": "row", "quant.scale_bits": 8,
                                 "quant.estimator": "gaussian", "quant.rotation": "itq"}),
+    ("1bit-row8-itemscales", {"quant.bits": "1", "quant.one_bit_scale": "row", "quant.scale_bits": 8,
+                              "quant.drop_user_scales": True}),
     ("1bit-row32-trace100x", {"quant.bits": "1", "quant.one_bit_scale": "row", "quant.scale_bits": 32,
                               "quant.estimator": "gste", "quant.delta": "trace", "quant.delta_multiplier": 100.0}),
     ("1bit-diag10x", {"quant.bits": "1", "quant.estimator": "gste", "quant.delta": "diagonal",

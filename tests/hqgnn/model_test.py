@@ -82,6 +82,23 @@ def test_quantize_codes_dequantize_to_what_bpr_scores(problem, bits, scale, code
     assert len(qu.layers) == 3 and qu.weights == quantizer.layer_weights(3, weights)
 
 
+@pytest.mark.parametrize("scale_bits", [32, 8])
+def test_dropped_user_scales_keep_every_users_ranking(problem, scale_bits):
+  data, graph, adj = problem
+  quant = quant_module.QuantizerConfig(bits=1, one_bit_scale="row", scale_bits=scale_bits)
+  kept = _model(data, graph, adj, quant=quant)
+  dropped = _model(data, graph, adj, quant=quant, drop_user_scales=True)
+  (ku, ki), (du, di) = kept.quantize(graph, adj), dropped.quantize(graph, adj)
+  np.testing.assert_array_equal(du.codes, ku.codes)
+  assert not du.per_row_scale and float(du.scale) == 1.0 and di.per_row_scale
+  assert ku.nbytes_packed() - du.nbytes_packed() == data.num_users * scale_bits // 8 + (8 if scale_bits == 8 else 0) - 4
+  # Scores in float64 from the stored values: each user's row is its kept row divided by its own scale.
+  user_scale = np.asarray(ku.scale_values(), np.float64)
+  kept_scores = np.asarray(ku.dequantize(), np.float64) @ np.asarray(ki.dequantize(), np.float64).T
+  dropped_scores = np.asarray(du.dequantize(), np.float64) @ np.asarray(di.dequantize(), np.float64).T
+  np.testing.assert_allclose(dropped_scores * user_scale, kept_scores, rtol=1e-12)
+
+
 def test_bpr_and_distillation_losses_match_numpy(problem):
   rng = np.random.default_rng(1)
   users, items = rng.normal(size=(3, 10, 4)).astype(np.float32), rng.normal(size=(3, 12, 4)).astype(np.float32)
@@ -107,6 +124,10 @@ def test_model_config_rejects_bad_combinations():
   with pytest.raises(ValueError, match="layer weight"):
     model_lib.ModelConfig(num_users=2, num_items=2, layer_weights="linear",
                           quant=quant_module.QuantizerConfig(bits=1), codes="layerwise")
+  for quant, codes in ((None, "final"), (quant_module.QuantizerConfig(bits=2), "final"),
+                       (quant_module.QuantizerConfig(bits=1, one_bit_scale="row"), "layerwise")):
+    with pytest.raises(ValueError, match="drop_user_scales needs 1-bit codes"):
+      model_lib.ModelConfig(num_users=2, num_items=2, quant=quant, codes=codes, drop_user_scales=True)
 
 
 def test_quantizer_params_are_split_from_the_encoder_by_type(problem):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from hq_jax.quant import curvature
 
@@ -54,6 +55,30 @@ def test_fwd_over_rev_equals_rev_over_rev_and_exact_hessian():
     assert np.abs(exact).max() > 1e-2
     np.testing.assert_allclose(np.asarray(fwd_rev), np.asarray(rev_rev), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(np.asarray(fwd_rev), exact, rtol=1e-10, atol=1e-13)
+
+
+def test_vhv_equals_v_dot_hvp_and_exact_hessian():
+  with jax.enable_x64(True):
+    x = jnp.concatenate(_matrices(dtype=jnp.float64))
+    v = jnp.asarray(np.random.default_rng(4).normal(size=x.shape))
+    got = float(jax.jit(functools.partial(curvature.vhv, bpr_single))(x, v))
+    via_hvp = float(jnp.vdot(v, jax.jit(functools.partial(curvature.hvp, bpr_single))(x, v)))
+    exact = float(np.asarray(v).ravel() @ _exact_hessian(bpr_single, x) @ np.asarray(v).ravel())
+    assert abs(exact) > 1e-2
+    assert got == pytest.approx(via_hvp, rel=1e-12) and got == pytest.approx(exact, rel=1e-10)
+
+
+def test_rademacher_probes_are_balanced_signs_fixed_by_key_and_index():
+  key = jax.random.key(5)
+  v = np.asarray(curvature.rademacher(key, 3, (1001, 7)))  # 7007 entries: not a multiple of 32
+  assert v.shape == (1001, 7) and v.dtype == np.float32 and set(np.unique(v)) == {-1.0, 1.0}
+  assert abs(v.mean()) < 4 / np.sqrt(v.size)  # 4 standard deviations of a fair sign's mean
+  np.testing.assert_array_equal(v, np.asarray(curvature.rademacher(key, 3, (1001, 7))))
+  w = np.asarray(curvature.rademacher(key, 4, (1001, 7)))
+  assert abs(np.mean(v * w)) < 4 / np.sqrt(v.size)  # independent draws: uncorrelated
+  # Each entry's sign uses its own bit: neighbouring entries are uncorrelated too.
+  flat = v.ravel()
+  assert abs(np.mean(flat[1:] * flat[:-1])) < 4 / np.sqrt(flat.size)
 
 
 def test_hvp_on_pytree_float32():
@@ -226,6 +251,14 @@ def test_estimate_deltas_is_the_batch_mean_of_per_matrix_deltas():
     np.testing.assert_allclose(float(out.deltas[i]), np.mean(expected), rtol=1e-5)
 
 
+def _t_bound(num_samples: int, comparisons: int, false_alarm: float = 1e-3) -> float:
+  """How many standard errors a mean of `num_samples` samples may miss by: Student's t quantile with
+  num_samples - 1 degrees of freedom (the standard error is itself estimated from few samples when the
+  stopping rule ends early), two-sided, Bonferroni over `comparisons`, so a correct estimator fails the whole
+  test with probability < false_alarm."""
+  return float(scipy.stats.t.ppf(1 - false_alarm / (2 * comparisons), df=max(num_samples - 1, 1)))
+
+
 @jax.jit
 def _exact_hessian_blocks(xs, batch):
   return jax.hessian(bpr_loss)(xs, batch)
@@ -233,7 +266,7 @@ def _exact_hessian_blocks(xs, batch):
 
 @pytest.mark.parametrize("mode", ["trace", "diagonal"])
 def test_estimate_deltas_close_to_exact_hessian(mode):
-  """With the spec's rule: each batch's Tr(H)/N (or diag(H)) is within 4 stderr of the exact block's,
+  """With the spec's rule: each batch's Tr(H)/N (or diag(H)) is within a t bound of stderrs of the exact block's,
   std(g) is the gradient's, and delta is the batch mean of the delta formula."""
   xs = _matrices()
   batches = [_bpr_batch(s) for s in range(3)]
@@ -248,7 +281,8 @@ def test_estimate_deltas_close_to_exact_hessian(mode):
       block = np.asarray(hessians[b][i][i]).reshape(n, n)
       exact = np.trace(block) / n if mode == "trace" else np.diag(block).reshape(xs[i].shape)
       err = np.abs(np.asarray(out.curvature[i][b]) - exact)
-      np.testing.assert_array_less(err, 4 * np.asarray(out.stderr[i][b]) + 1e-6)
+      bound = _t_bound(int(out.num_samples[i][b]), comparisons=6 * np.size(exact))
+      np.testing.assert_array_less(err, bound * np.asarray(out.stderr[i][b]) + 1e-6)
       grad_std = np.std(np.asarray(jax.grad(bpr_loss)(xs, batches[b])[i], np.float64))
       np.testing.assert_allclose(float(out.grad_std[i][b]), grad_std, rtol=1e-5)
       deltas.append(np.maximum(0.0, np.asarray(out.curvature[i][b], np.float64) / (3 * grad_std)))

@@ -208,6 +208,18 @@ def test_row_scales_in_8_bits():
   assert len(leaves) == 5 and jax.tree.unflatten(treedef, leaves).scale_bits == 8
 
 
+def test_without_row_scales_keeps_codes_and_each_rows_order():
+  x = _random((6, 8))
+  scale = np.linspace(0.5, 3.0, 6, dtype=np.float32)[:, None]
+  qm = quantizer.quantize(x, 1, scale=scale)
+  plain = quantizer.without_row_scales(qm)
+  np.testing.assert_array_equal(plain.codes, qm.codes)
+  np.testing.assert_array_equal(np.asarray(plain.dequantize()) * scale, np.asarray(qm.dequantize()))
+  assert plain.nbytes_packed() == 6 * 1 + 4 + 4 and qm.nbytes_packed() == 6 * 1 + 6 * 4 + 4
+  with pytest.raises(ValueError, match="only 1-bit codes"):
+    quantizer.without_row_scales(quantizer.quantize(x, 2))
+
+
 @pytest.mark.parametrize("name, kwargs", [
     ("matrix_scale", dict(bits=1, scale_bits=8)),
     ("b_bit", dict(bits=4, scale_bits=8)),

@@ -1,0 +1,83 @@
+r"""A trained full-precision LightGCN scored as layer-wise codes would score it, unquantized (ours).
+
+  python -m experiments.layer_scores --workdir=runs/gowalla_fast
+
+LightGCN scores <mean_k E_u(k), mean_k E_i(k)>, k = 0..K, which holds the cross-layer terms <E_u(k), E_i(l)>,
+k != l. Layer-wise codes (`quant.codes = 'layerwise'`, BiGeaR's layout) score sum_k w_k <E_u(k), E_i(k)>
+without them. This binary evaluates the run's E0 (its latest checkpoint) under LightGCN's score and under the
+layer-wise score with LightGCN's mean weights and with BiGeaR's, in float32: the ceiling of layer-wise codes
+fine-tuned from that run, before any quantization.
+
+The dataset, split and model shape are the run's own (its config.json); `--data_dir` replaces a data folder
+that moved. Prints, after the checkpoint's log line, one JSON line per score: {"score": "lightgcn" | "layerwise-mean" | "layerwise-bigear",
+"recall@20": ..., ...}. Bad input stops with one `layer_scores: error: ...` line and exit status 2.
+"""
+
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+from absl import flags
+
+from hq_jax import cli
+from hq_jax import evaluation
+from hq_jax.errors import UserError
+from hq_jax.hqgnn import graph as graph_lib
+from hq_jax.hqgnn import model as model_lib
+from hq_jax.hqgnn import setup
+from hq_jax.quant import quantizer
+from hq_jax.workdir import read_json
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained full-precision run (experiments.hqgnn workdir).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the run's config.data_dir (default: keep it).")
+
+SCORES = ("lightgcn", "layerwise-mean", "layerwise-bigear")
+
+
+def layer_embeddings(config: ml_collections.ConfigDict, data, e0: jnp.ndarray) -> jnp.ndarray:
+  """(K + 1, U + I, d) float32 E(0), ..., E(K) of E0 by the trainer's propagation."""
+  graph = graph_lib.bipartite_graph(data)
+  aggregate = graph_lib.make_aggregate(graph, graph_lib.csr_adjacency(graph), "csr")
+  layers = [e0]
+  for _ in range(int(config.model.num_layers)):
+    layers.append(aggregate(layers[-1]))
+  return jnp.stack(layers)
+
+
+def scored_rows(layers: jnp.ndarray, score: str) -> jnp.ndarray:
+  """(U + I, D) float32 rows whose inner products are `score`'s: the mean of the layers (D = d), or
+  `model.flat_rows` of them with the mean or BiGeaR's weights (D = (K + 1) d)."""
+  if score == "lightgcn":  # summed in layer order, as `graph.lightgcn_propagate` does
+    total = layers[0]
+    for layer in layers[1:]:
+      total = total + layer
+    return total / layers.shape[0]
+  return model_lib.flat_rows(layers, quantizer.layer_weights(layers.shape[0], score.split("-")[1]))
+
+
+def main(argv):
+  del argv
+  try:
+    stored = read_json(os.path.join(_WORKDIR.value, "config.json"))["config"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(f"--workdir={_WORKDIR.value!r}: no readable config.json of a run there ({e})") from None
+  config = ml_collections.ConfigDict(stored)
+  if _DATA_DIR.value is not None:
+    config.data_dir = _DATA_DIR.value
+  if str(config.quant.bits).lower() not in ("none", "fp", "32", ""):
+    raise UserError(f"--workdir={_WORKDIR.value!r} is a quantized run (quant.bits={config.quant.bits!r}): "
+                    "give a full-precision one")
+  data = setup.load_training_data(config)
+  e0 = setup.read_encoder(_WORKDIR.value, (data.num_users + data.num_items, int(config.model.dim)))
+  layers = layer_embeddings(config, data, jnp.asarray(e0))
+  for score in SCORES:
+    rows = scored_rows(layers, score)
+    metrics = evaluation.evaluate(rows[:data.num_users], rows[data.num_users:], data, ks=tuple(config.eval.ks),
+                                  batch_size=config.eval.batch_size)
+    print(json.dumps({"score": score, **metrics}), flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  cli.run(main, "layer_scores")
