@@ -62,6 +62,10 @@ def main(argv):
     stored = read_json(os.path.join(_WORKDIR.value, "config.json"))["config"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise UserError(f"--workdir={_WORKDIR.value!r}: no readable config.json of a run there ({e})") from None
+  if not (isinstance(stored, dict) and {"data_dir", "model", "quant", "eval"} <= stored.keys()
+          and "num_layers" in stored["model"]):
+    raise UserError(f"--workdir={_WORKDIR.value!r} is not an experiments.hqgnn run (its config.json has no "
+                    "model.num_layers, quant or eval)")
   config = ml_collections.ConfigDict(stored)
   if _DATA_DIR.value is not None:
     config.data_dir = _DATA_DIR.value
@@ -69,7 +73,7 @@ def main(argv):
     raise UserError(f"--workdir={_WORKDIR.value!r} is a quantized run (quant.bits={config.quant.bits!r}): "
                     "give a full-precision one")
   data = setup.load_training_data(config)
-  e0 = setup.read_encoder(_WORKDIR.value, (data.num_users + data.num_items, int(config.model.dim)))
+  e0 = setup.read_encoder(_WORKDIR.value, (data.num_users + data.num_items, int(config.model.dim)), what="--workdir")
   layers = layer_embeddings(config, data, jnp.asarray(e0))
   for score in SCORES:
     rows = scored_rows(layers, score)

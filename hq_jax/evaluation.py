@@ -67,8 +67,9 @@ def metrics_from_hits(hits: jax.Array, num_test: jax.Array, ks: Sequence[int]) -
   for k in ks:
     num_hits = jnp.sum(hits[:, :k], axis=1)
     dcg = hits[:, :k] @ discounts[:k]
-    ideal_len = jnp.minimum(num_test, k)
-    idcg = jnp.sum(jnp.where(jnp.arange(k) < ideal_len[:, None], discounts[:k], 0.0), axis=1)
+    # The ideal list's hits, summed by the same product: a perfect list scores exactly 1, not 1 + 1 ulp.
+    ideal = (jnp.arange(k) < jnp.minimum(num_test, k)[:, None]).astype(jnp.float32)
+    idcg = ideal @ discounts[:k]
     out[f"recall@{k}"] = jnp.where(has_test, num_hits / jnp.maximum(num_test, 1.0), 0.0)
     out[f"ndcg@{k}"] = jnp.where(has_test, dcg / jnp.where(has_test, idcg, 1.0), 0.0)
   return out

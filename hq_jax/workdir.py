@@ -137,8 +137,17 @@ class MetricsLog:
     self._write(self.read() + [record])
 
   def set_final(self, record: dict) -> None:
-    """Appends `record` marked `"final": true`, replacing the final record of an earlier run of the workdir."""
-    self._write([r for r in self.read() if not r.get("final")] + [dict(record, final=True)])
+    """Appends `record` marked `"final": true`. An earlier final record at the same step (a rerun's
+    re-evaluation) is replaced; one at another step (the end of the run before `--extend`) stays, unmarked,
+    as the evaluation it was."""
+    kept = []
+    for r in self.read():
+      if r.get("final"):
+        if r.get("step") == record.get("step"):
+          continue
+        r = {k: v for k, v in r.items() if k != "final"}
+      kept.append(r)
+    self._write(kept + [dict(record, final=True)])
 
   def truncate_after(self, step: int) -> None:
     """Drops records with `step` > `step` (written after the checkpoint a resumed run starts from)."""
@@ -347,8 +356,10 @@ class RunDir:
     Args:
       losses: (steps,) the epoch's losses (one host transfer).
       epoch: 0-based epoch the losses belong to.
-      first_step: global step of losses[0].
+      first_step: optimizer steps done before losses[0] (its 0-based global index).
       where: extra context for the message (e.g. 'search phase').
+
+    The message counts from 1, like the logs: step (over the run), epoch and batch (within the epoch).
     """
     losses = np.asarray(losses)
     finite = np.isfinite(losses)
@@ -364,8 +375,8 @@ class RunDir:
       resume = (f"the last good checkpoint is step {last} in {self.checkpoints.directory}; to try other "
                 "settings (e.g. a lower train.learning_rate) use a new --workdir")
     self.close()
-    raise NonFiniteLossError(f"non-finite loss {losses[bad]} at step {first_step + bad} (epoch {epoch + 1}, "
-                             f"batch {bad}{context}); stopped: {resume}")
+    raise NonFiniteLossError(f"non-finite loss {losses[bad]} at step {first_step + bad + 1} (epoch {epoch + 1}, "
+                             f"batch {bad + 1}{context}); stopped: {resume}")
 
   def write_results(self, results: dict) -> dict:
     """Writes results.json (with the recorded continuations, if any) and returns what it wrote."""

@@ -113,6 +113,17 @@ def test_recall_ndcg_at_k_golden(name, ranked, test_items, ks, expected):
     np.testing.assert_allclose(float(got[key][0]), value, rtol=1e-6, err_msg=key)
 
 
+def test_a_perfect_list_scores_exactly_one():
+  # Every user's test items fill the top of its list: NDCG@K is 1.0 exactly (not 1 + 1 ulp), for K below,
+  # at and above the number of test items.
+  rng = np.random.default_rng(0)
+  num_test = rng.integers(1, 60, 64)
+  hits = (np.arange(50)[None, :] < num_test[:, None]).astype(np.float32)
+  got = evaluation.metrics_from_hits(jnp.asarray(hits), jnp.asarray(num_test), (1, 7, 20, 50))
+  for k in (1, 7, 20, 50):
+    np.testing.assert_array_equal(np.asarray(got[f"ndcg@{k}"]), 1.0)
+
+
 def test_recall_ndcg_at_k_explicit_num_test_counts_removed_items():
   # One of three test items was removed from the mask (it is a training item): it still counts in |T_u|.
   topk = jnp.array([[2, 0, 1]], jnp.int32)

@@ -110,16 +110,21 @@ def test_metrics_log_truncate_and_final(tmp_path):
   log.set_final({"step": 8, "recall@20": 0.2})
   log.set_final({"step": 8, "recall@20": 0.3})
   assert log.read() == [{"step": 2}, {"step": 4}, {"step": 8, "recall@20": 0.3, "final": True}]
+  # Extended to more steps: the earlier end stays as an evaluation, nothing already written is lost.
+  log.set_final({"step": 12, "recall@20": 0.4})
+  assert log.read() == [{"step": 2}, {"step": 4}, {"step": 8, "recall@20": 0.3},
+                        {"step": 12, "recall@20": 0.4, "final": True}]
 
 
 def test_check_finite_names_the_step_and_the_true_resume_point(tmp_path):
   run = workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs")
   run.check_finite(np.ones(3), epoch=0, first_step=0)
-  with pytest.raises(NonFiniteLossError, match=r"nan at step 11 \(epoch 4, batch 1\); stopped: no checkpoint"):
+  # 10 steps done before this epoch's losses; the NaN is its second batch: step 12 of the run, counted from 1.
+  with pytest.raises(NonFiniteLossError, match=r"nan at step 12 \(epoch 4, batch 2\); stopped: no checkpoint"):
     run.check_finite(np.array([1.0, np.nan, np.inf]), epoch=3, first_step=10)
   run = workdir.RunDir(str(tmp_path), _config(), epochs_key="train.epochs")
   run.save(7, {"x": np.zeros(2)})
-  with pytest.raises(NonFiniteLossError, match=r"inf at step 5 .*last good checkpoint is step 7"):
+  with pytest.raises(NonFiniteLossError, match=r"inf at step 6 .*last good checkpoint is step 7"):
     run.check_finite(np.array([np.inf]), epoch=0, first_step=5)
 
 

@@ -356,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
           run.close()
           return {"status": "stopped", "step": step}
       history = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))  # one sync per epoch
-      run.check_finite(history["loss"], epoch=epoch, first_step=first_step + 1, where=f"{phase} phase")
+      run.check_finite(history["loss"], epoch=epoch, first_step=first_step, where=f"{phase} phase")
       sums = {k: float(np.sum(v, dtype=np.float64)) for k, v in history.items()}
       train_seconds = time.time() - epoch_start
       valid = evaluate(predict, params, rest, valid_ids, valid_labels, config.train.eval_batch_size,

@@ -53,9 +53,11 @@ class ModelConfig:
       raise ValueError(f"unknown codes {self.codes!r} (expected one of {CODES})")
     if self.codes == "layerwise" and self.quant is None:
       raise ValueError("layerwise codes need a quantizer (bits)")
-    if self.drop_user_scales and (self.quant is None or self.quant.bits != 1 or self.codes != "final"):
-      raise ValueError("drop_user_scales needs 1-bit codes of the final embeddings (bits = 1, codes = "
-                       "'final'): with layer-wise or b-bit codes the user's scales change the ranking")
+    if self.drop_user_scales and (self.quant is None or self.quant.bits != 1 or self.quant.one_bit_scale != "row"
+                                  or self.codes != "final"):
+      raise ValueError("drop_user_scales needs 1-bit codes of the final embeddings with one scale per row "
+                       "(bits = 1, one_bit_scale = 'row', codes = 'final'): layer-wise or b-bit codes need their "
+                       "user scales for the ranking, and one scale per matrix has nothing to drop")
     quantizer.layer_weights(self.num_layers + 1, self.layer_weights)
 
   @property

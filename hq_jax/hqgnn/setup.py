@@ -72,8 +72,9 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
         aggregation=config.model.aggregation, quant=quantizer_config(config), codes=config.quant.codes,
         layer_weights=config.quant.layer_weights, drop_user_scales=bool(config.quant.drop_user_scales))
   except ValueError as e:
-    raise UserError(f"config.quant (codes={config.quant.codes!r}, layer_weights={config.quant.layer_weights!r}, "
-                    f"drop_user_scales={config.quant.drop_user_scales!r}): {e}") from None
+    q = config.quant
+    raise UserError(f"config.quant (bits={q.bits!r}, one_bit_scale={q.one_bit_scale!r}, codes={q.codes!r}, "
+                    f"layer_weights={q.layer_weights!r}, drop_user_scales={q.drop_user_scales!r}): {e}") from None
 
 
 def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
@@ -151,28 +152,34 @@ def create_problem(config: ml_collections.ConfigDict, data: InteractionData,
   return Problem(data=data, graph=graph, adjacency=adjacency, num_rows=n)
 
 
-def read_encoder(source_workdir: str, embedding_shape: tuple[int, int]) -> np.ndarray:
+def read_encoder(source_workdir: str, embedding_shape: tuple[int, int], *, what: str = "train.init_from") -> np.ndarray:
   """E0 of the latest checkpoint in `source_workdir` (a trained run), checked against `embedding_shape`
-  (U + I, d); rows a mesh padded it with are dropped.
+  (U + I, d); rows a mesh padded it with (all zero: no edge or triple reaches them) are dropped.
+
+  Args:
+    what: how error messages name `source_workdir` (the config key or flag that gave it).
 
   Raises:
-    UserError: no checkpoint there, or its E0 has another shape (dataset, split or dim changed).
+    UserError: no checkpoint there, or its E0 has another shape: another dim, fewer rows, or more rows that
+      are not the zero padding of a mesh (dataset, split or dim changed).
   """
   directory = os.path.join(source_workdir, "checkpoints")
   if not os.path.isdir(directory):
-    raise UserError(f"train.init_from={source_workdir!r}: no checkpoints folder there")
+    raise UserError(f"{what}={source_workdir!r}: no checkpoints folder there")
   with Checkpointer(directory) as source:
     step = source.latest_step()
     if step is None:
-      raise UserError(f"train.init_from={source_workdir!r}: no checkpoint in {directory}")
+      raise UserError(f"{what}={source_workdir!r}: no checkpoint in {directory}")
     saved = source.restore_as_saved(step)
   theirs = saved.get("params", {}).get("encoder", {}) if isinstance(saved, dict) else {}
-  leaves = [np.asarray(x)[: embedding_shape[0]] for x in jax.tree.leaves(theirs)]
-  if len(leaves) != 1 or tuple(np.shape(leaves[0])) != tuple(embedding_shape):
-    raise UserError(f"train.init_from={source_workdir!r}: its encoder {[np.shape(x) for x in leaves]} does not "
-                    f"match this config's {tuple(embedding_shape)} (dataset, split or dim changed?)")
+  leaves = [np.asarray(x) for x in jax.tree.leaves(theirs)]
+  rows, dim = embedding_shape
+  e0 = leaves[0] if len(leaves) == 1 else None
+  if e0 is None or e0.ndim != 2 or e0.shape[1] != dim or e0.shape[0] < rows or np.any(e0[rows:]):
+    raise UserError(f"{what}={source_workdir!r}: its encoder {[np.shape(x) for x in leaves]} does not match this "
+                    f"config's {tuple(embedding_shape)} (dataset, split or dim changed?)")
   _log(f"encoder initialised from {directory} step {step}")
-  return np.asarray(leaves[0], np.float32)
+  return np.asarray(e0[:rows], np.float32)
 
 
 def model_factory(config: ml_collections.ConfigDict, model_config: model_lib.ModelConfig):

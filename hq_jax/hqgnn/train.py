@@ -376,6 +376,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, ml_
     stage.seed = config.seed + PRETRAIN_SEED_OFFSET
     stage.quant.bits = "none"
     stage.quant.rotation = "none"
+    stage.quant.drop_user_scales = False
     stage.distill.weight = 0.0
     stage.train.epochs = config.train.pretrain_epochs
     stage.train.pretrain_epochs = 0

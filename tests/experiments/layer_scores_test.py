@@ -56,3 +56,11 @@ def test_the_lightgcn_score_reproduces_the_run_and_a_quantized_run_is_refused(tm
   assert proc.returncode == 2 and "layer_scores: error:" in proc.stderr and "quantized run" in proc.stderr
   proc = _run("experiments.layer_scores", f"--workdir={tmp_path / 'none'}")
   assert proc.returncode == 2 and "no readable config.json" in proc.stderr
+  (tmp_path / "ctr").mkdir()  # an MPE run's config.json: no LightGCN model in it
+  (tmp_path / "ctr" / "config.json").write_text(json.dumps({"config": {"model": {"dim": 8}, "train": {}}}))
+  proc = _run("experiments.layer_scores", f"--workdir={tmp_path / 'ctr'}")
+  assert proc.returncode == 2 and "is not an experiments.hqgnn run" in proc.stderr, proc.stderr
+  (tmp_path / "empty").mkdir()  # a run's config, no checkpoint: the message names the flag
+  (tmp_path / "empty" / "config.json").write_text((tmp_path / "fp" / "config.json").read_text())
+  proc = _run("experiments.layer_scores", f"--workdir={tmp_path / 'empty'}")
+  assert proc.returncode == 2 and "--workdir=" in proc.stderr and "no checkpoints folder" in proc.stderr, proc.stderr

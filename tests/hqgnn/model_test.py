@@ -125,7 +125,8 @@ def test_model_config_rejects_bad_combinations():
     model_lib.ModelConfig(num_users=2, num_items=2, layer_weights="linear",
                           quant=quant_module.QuantizerConfig(bits=1), codes="layerwise")
   for quant, codes in ((None, "final"), (quant_module.QuantizerConfig(bits=2), "final"),
-                       (quant_module.QuantizerConfig(bits=1, one_bit_scale="row"), "layerwise")):
+                       (quant_module.QuantizerConfig(bits=1, one_bit_scale="row"), "layerwise"),
+                       (quant_module.QuantizerConfig(bits=1, one_bit_scale="matrix"), "final")):
     with pytest.raises(ValueError, match="drop_user_scales needs 1-bit codes"):
       model_lib.ModelConfig(num_users=2, num_items=2, quant=quant, codes=codes, drop_user_scales=True)
 

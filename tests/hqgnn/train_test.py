@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import hqgnn_test
-from hq_jax import evaluation
+from hq_jax import checkpoint, evaluation
 from hq_jax.checkpoint import Checkpointer
 from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import NonFiniteLossError, UserError
@@ -132,7 +132,7 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
 
 
 def test_extend_epochs_is_explicit_and_recorded(reference_run, tmp_path):
-  _, results = reference_run
+  reference, results = reference_run
   workdir = str(tmp_path)
   train.train_and_evaluate(_config(epochs=2), workdir)
   with pytest.raises(UserError, match=r"train.epochs \(2 -> 4\).*--extend"):
@@ -140,8 +140,10 @@ def test_extend_epochs_is_explicit_and_recorded(reference_run, tmp_path):
   extended = train.train_and_evaluate(_config(), workdir, extend=True)
   assert extended["continuations"][0]["from_epochs"] == 2 and extended["continuations"][0]["to_epochs"] == 4
   assert extended["metrics"] == pytest.approx(results["metrics"], rel=1e-6)  # constant lr: same as 4 epochs
+  # The 2-epoch run's final evaluation stays (unmarked): the log has the evaluations of an uninterrupted run.
   steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == [4] and json.load(open(os.path.join(workdir, "config.json")))["config"]["train"]["epochs"] == 4
+  assert steps == [json.loads(l)["step"] for l in open(os.path.join(reference, "metrics.jsonl"))] == [2, 4]
+  assert json.load(open(os.path.join(workdir, "config.json")))["config"]["train"]["epochs"] == 4
 
 
 @pytest.mark.parametrize("override", [dict(epochs=1), dict(learning_rate=1e-2), dict(decay=0.0),
@@ -220,7 +222,8 @@ def test_bad_quant_config(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   config = _config()
   config.quant.bits, config.quant.drop_user_scales = "2", True
-  with pytest.raises(UserError, match="drop_user_scales=True.*needs 1-bit codes"):
+  with pytest.raises(UserError, match=r"config\.quant \(bits='2', .*drop_user_scales=True\): drop_user_scales needs "
+                                     r"1-bit codes"):
     train.train_and_evaluate(config, str(tmp_path))
 
 
@@ -243,6 +246,27 @@ def test_init_from_starts_encoder_at_the_source_checkpoint(reference_run, tmp_pa
     train.train_and_evaluate(config, str(tmp_path / "bad_dim"))
   with pytest.raises(UserError, match="no checkpoints"):
     train.train_and_evaluate(_config(epochs=0, init_from=str(tmp_path / "nowhere")), str(tmp_path / "x"))
+
+
+
+def test_read_encoder_drops_only_zero_padding_rows(reference_run, tmp_path):
+  source, _ = reference_run
+  rows = 1892 + 4489  # LastFM users + items; the test config's d = 16
+  e0 = train.read_encoder(source, (rows, 16))
+  assert e0.shape == (rows, 16) and np.all(np.any(e0 != 0, axis=1))
+  # A smaller dataset must not silently take the first rows of a larger run's encoder.
+  with pytest.raises(UserError, match=r"--workdir='.*': its encoder \[\(6381, 16\)\] does not match .*\(6000, 16\)"):
+    train.read_encoder(source, (6000, 16), what="--workdir")
+  # A run padded for a device mesh: its zero rows are dropped; a non-zero extra row is not padding.
+  for extra, ok in ((np.zeros((3, 16), np.float32), True), (np.full((3, 16), 0.5, np.float32), False)):
+    padded = str(tmp_path / f"padded_{ok}")
+    with checkpoint.Checkpointer(os.path.join(padded, "checkpoints")) as ckpt:
+      ckpt.save(1, {"params": {"encoder": {"embedding": np.concatenate([e0, extra])}}})
+    if ok:
+      np.testing.assert_array_equal(train.read_encoder(padded, (rows, 16)), e0)
+    else:
+      with pytest.raises(UserError, match="does not match"):
+        train.read_encoder(padded, (rows, 16))
 
 
 def test_itq_rotation_of_the_start_keeps_its_scores(reference_run, tmp_path):
@@ -300,7 +324,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(reference_ru
 def test_pretrain_then_quantize_in_one_run_equals_init_from(reference_run, tmp_path):
   # train.pretrain_epochs: a full-precision stage in <workdir>/pretrain, then the quantized run starts from it.
   config = _config(pretrain_epochs=4, epochs=2)
-  config.quant.bits = "1"
+  config.quant.update(bits="1", one_bit_scale="row", drop_user_scales=True)  # quantizer keys the stage drops
   config.distill.weight = 0.5
   config.distill.top_r = 10
   results = train.train_and_evaluate(config, str(tmp_path / "one"))
@@ -312,7 +336,7 @@ def test_pretrain_then_quantize_in_one_run_equals_init_from(reference_run, tmp_p
   stage.eval.every = 0
   train.train_and_evaluate(stage, str(tmp_path / "fp"))
   by_hand = _config(epochs=2, init_from=str(tmp_path / "fp"))
-  by_hand.quant.bits = "1"
+  by_hand.quant.update(bits="1", one_bit_scale="row", drop_user_scales=True)
   by_hand.distill.weight = 0.5
   by_hand.distill.top_r = 10
   assert train.train_and_evaluate(by_hand, str(tmp_path / "q"))["metrics"] == results["metrics"]

@@ -144,19 +144,22 @@ def _row_scaled(rng, n, d, scale_bits):
 
 
 NEW_REPS = [  # name, builder(rng) -> (users, items)
-    ("1bit_row_scales_float32", lambda r: (_row_scaled(r, 9, 40, 32), _row_scaled(r, 700, 40, 32))),
-    ("1bit_row_scales_8bit", lambda r: (_row_scaled(r, 9, 40, 8), _row_scaled(r, 700, 40, 8))),
-    ("layered_1bit_row8_bigear", lambda r: tuple(LayeredQuantized(tuple(_row_scaled(r, n, 24, 8) for _ in range(3)),
-                                                                  quantizer.layer_weights(3, "bigear"))
-                                                 for n in (9, 700))),
-    ("layered_mixed_mean", lambda r: tuple(
+    pytest.param("1bit_row_scales_float32", lambda r: (_row_scaled(r, 9, 40, 32), _row_scaled(r, 700, 40, 32)),
+                 id="1bit_row_scales_float32"),
+    pytest.param("1bit_row_scales_8bit", lambda r: (_row_scaled(r, 9, 40, 8), _row_scaled(r, 700, 40, 8)),
+                 id="1bit_row_scales_8bit"),
+    pytest.param("layered_1bit_row8_bigear", lambda r: tuple(
+        LayeredQuantized(tuple(_row_scaled(r, n, 24, 8) for _ in range(3)), quantizer.layer_weights(3, "bigear"))
+        for n in (9, 700)), id="layered_1bit_row8_bigear"),
+    # make test-all only (25 s): tests/evaluation_test.py keeps a smaller mixed-width layered case in make test
+    pytest.param("layered_mixed_mean", lambda r: tuple(
         LayeredQuantized((_row_scaled(r, n, 16, 8), quantizer.quantize(r.standard_normal((n, 16)), 4),
                           quantizer.quantize(r.standard_normal((n, 32)), 8)), quantizer.layer_weights(3, "mean"))
-        for n in (9, 700))),
+        for n in (9, 700)), marks=pytest.mark.slow, id="layered_mixed_mean"),
 ]
 
 
-@pytest.mark.parametrize("name, build", NEW_REPS, ids=[c[0] for c in NEW_REPS])
+@pytest.mark.parametrize("name, build", NEW_REPS)
 def test_new_representations_match_exact_reference(name, build):
   """Per-row scales (float32, 8-bit) and layer-wise codes: the exact rational top-K, exclusions on."""
   rng = np.random.default_rng(len(name))
