@@ -279,6 +279,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   on_mesh = mesh.size > 1 or num_rows != ds.num_features
   replicated = parallel.replicated(mesh) if on_mesh else None
   put_batch = (lambda x: parallel.put(x, parallel.batch_sharding(mesh))) if on_mesh else jnp.asarray
+  # The workdir's config is checked before any model is built or compiled: a rerun with another config stops
+  # at once (../shared/cases/ctr-resume-config-mismatch took minutes of compilation to say so).
+  run = workdir_lib.RunDir(workdir, config, epochs_key="train.max_epochs", ignore=RESULT_NEUTRAL_KEYS,
+                           extend=extend)
 
   # ---- Model, optimizer, steps (one graph per phase and mode: the method may switch its table's phase).
   method = METHODS[config.method]
@@ -318,8 +322,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
            "train_seconds": np.zeros(len(phases)), "epochs_done": np.zeros(len(phases), np.int32),
            "phase_best_auc": np.full(len(phases), np.nan)}
   del initial_state
-  run = workdir_lib.RunDir(workdir, config, epochs_key="train.max_epochs", ignore=RESULT_NEUTRAL_KEYS,
-                           extend=extend)
   # The device state restores with this mesh's shardings; host copies and counters as NumPy.
   restored = run.restore(dict(state, **{k: parallel.with_shardings(state[k], shardings[k])
                                         for k in ("params", "rest", "opt_state")}) if on_mesh else state)

@@ -82,7 +82,7 @@ def test_non_finite_loss_names_the_step(tmp_path):
 @pytest.mark.parametrize("section,key,value", [("model", "dim", 4), ("train", "learning_rate", 1e-2),
                                                ("train", "max_epochs", 1), ("mpe", "lam", 0.0),
                                                ("model", "hidden", (8,))])
-def test_rerun_with_another_config_stops_in_one_line(tmp_path, section, key, value):
+def test_rerun_with_another_config_stops_in_one_line(tmp_path, monkeypatch, section, key, value):
   # ../shared/cases/ctr-resume-config-mismatch, as a kind: any result-changing key, not only shapes.
   c = _config(stop_after_steps=1)
   c.method = "fp"
@@ -90,6 +90,11 @@ def test_rerun_with_another_config_stops_in_one_line(tmp_path, section, key, val
   c = _config()
   c.method = "fp"
   c[section][key] = value
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("the model was built before the workdir's config was checked")
+
+  monkeypatch.setattr(train, "create_model", no_model)  # the stop comes before any model is built or compiled
   with pytest.raises(UserError, match=rf"another config: {section}\.{key} ") as e:
     train.train_and_evaluate(c, str(tmp_path))
   assert "\n" not in str(e.value)
