@@ -9,8 +9,9 @@ layer-wise score with LightGCN's mean weights and with BiGeaR's, in float32: the
 fine-tuned from that run, before any quantization.
 
 The dataset, split and model shape are the run's own (its config.json); `--data_dir` replaces a data folder
-that moved. Prints, after the checkpoint's log line, one JSON line per score: {"score": "lightgcn" | "layerwise-mean" | "layerwise-bigear",
-"recall@20": ..., ...}. Bad input stops with one `layer_scores: error: ...` line and exit status 2.
+that moved. Prints, after the checkpoint's log line, one JSON line per score:
+{"score": "lightgcn" | "layerwise-mean" | "layerwise-bigear", "recall@20": ..., ...}. Bad input stops with
+one `layer_scores: error: ...` line and exit status 2. Measured on the Gowalla start: results/hqgnn_lowbit.md.
 """
 
 import json
