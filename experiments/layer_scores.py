@@ -36,27 +36,6 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override the run's config.dat
 SCORES = ("lightgcn", "layerwise-mean", "layerwise-bigear")
 
 
-def layer_embeddings(config: ml_collections.ConfigDict, data, e0: jnp.ndarray) -> jnp.ndarray:
-  """(K + 1, U + I, d) float32 E(0), ..., E(K) of E0 by the trainer's propagation."""
-  graph = graph_lib.bipartite_graph(data)
-  aggregate = graph_lib.make_aggregate(graph, graph_lib.csr_adjacency(graph), "csr")
-  layers = [e0]
-  for _ in range(int(config.model.num_layers)):
-    layers.append(aggregate(layers[-1]))
-  return jnp.stack(layers)
-
-
-def scored_rows(layers: jnp.ndarray, score: str) -> jnp.ndarray:
-  """(U + I, D) float32 rows whose inner products are `score`'s: the mean of the layers (D = d), or
-  `model.flat_rows` of them with the mean or BiGeaR's weights (D = (K + 1) d)."""
-  if score == "lightgcn":  # summed in layer order, as `graph.lightgcn_propagate` does
-    total = layers[0]
-    for layer in layers[1:]:
-      total = total + layer
-    return total / layers.shape[0]
-  return model_lib.flat_rows(layers, quantizer.layer_weights(layers.shape[0], score.split("-")[1]))
-
-
 def main(argv):
   del argv
   try:
@@ -75,9 +54,15 @@ def main(argv):
                     "give a full-precision one")
   data = setup.load_training_data(config)
   e0 = setup.read_encoder(_WORKDIR.value, (data.num_users + data.num_items, int(config.model.dim)), what="--workdir")
-  layers = layer_embeddings(config, data, jnp.asarray(e0))
+  graph = graph_lib.bipartite_graph(data)
+  aggregate = graph_lib.make_aggregate(graph, graph_lib.csr_adjacency(graph), "csr")
+  e0, num_layers = jnp.asarray(e0), int(config.model.num_layers)
+  layers = graph_lib.lightgcn_layers(aggregate, e0, num_layers)
   for score in SCORES:
-    rows = scored_rows(layers, score)
+    # Rows whose inner products are the score: LightGCN's final embeddings (the trainer's own function), or
+    # the weighted layers side by side (`model.flat_rows`: sum_k w_k <E_u(k), E_i(k)>).
+    rows = (graph_lib.lightgcn_propagate(aggregate, e0, num_layers) if score == "lightgcn" else
+            model_lib.flat_rows(layers, quantizer.layer_weights(num_layers + 1, score.split("-")[1])))
     metrics = evaluation.evaluate(rows[:data.num_users], rows[data.num_users:], data, ks=tuple(config.eval.ks),
                                   batch_size=config.eval.batch_size)
     print(json.dumps({"score": score, **metrics}), flush=True)

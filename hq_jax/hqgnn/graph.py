@@ -135,6 +135,14 @@ def lightgcn_propagate(aggregate: Callable[[jax.Array], jax.Array], e0: jax.Arra
   return total / (num_layers + 1)
 
 
+def lightgcn_layers(aggregate: Callable[[jax.Array], jax.Array], e0: jax.Array, num_layers: int) -> jax.Array:
+  """(K + 1, N, d) stack of E(0), ..., E(K) with E(k+1) = aggregate(E(k)): what layer-wise codes quantize."""
+  layers = [e0]
+  for _ in range(num_layers):
+    layers.append(aggregate(layers[-1]))
+  return jnp.stack(layers)
+
+
 def make_aggregate(graph: jraph.GraphsTuple, adj: CSRAdjacency | None,
                    kind: Aggregation) -> Callable[[jax.Array], jax.Array]:
   """The aggregation function for `kind`, closed over the graph arrays (pass them through jit as args).

@@ -120,10 +120,7 @@ class HQGNN(nnx.Module):
     if c.codes == "final":
       return self.final_embeddings(graph, adjacency)
     aggregate = graph_lib.make_aggregate(graph, adjacency, c.aggregation)
-    layers = [self.encoder.embedding[...]]
-    for _ in range(c.num_layers):
-      layers.append(aggregate(layers[-1]))
-    return self.encoder.split_nodes(jnp.stack(layers))
+    return self.encoder.split_nodes(graph_lib.lightgcn_layers(aggregate, self.encoder.embedding[...], c.num_layers))
 
   def __call__(self, graph, adjacency, deltas: dict | None = None) -> tuple[jax.Array, jax.Array]:
     """What BPR scores: x^ (through the quantizer's estimator; `deltas` are the GSTE's) or float embeddings."""

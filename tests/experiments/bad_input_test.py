@@ -214,7 +214,6 @@ class ForkRunner:
   def __init__(self, workers: int = 2, env: dict | None = None):
     env = dict(env or subprocess_env())
     self._tmp = tempfile.mkdtemp(prefix="forkrunner")
-    # The test session's cache (conftest) when there is one, so programs other tests compiled are loaded here.
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(self._tmp, "jax_cache"))
     env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     self._servers = queue.Queue()

@@ -56,6 +56,21 @@ def test_propagation_matches_dense_reference(aggregation, num_layers, seed):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_layers_match_dense_reference(num_layers):
+  data = _random_data(seed=2)
+  graph = graph_lib.bipartite_graph(data)
+  a_norm = _dense_normalised(data)
+  e0 = np.random.default_rng(2).normal(size=(data.num_users + data.num_items, 8))
+  want = [e0]
+  for _ in range(num_layers):
+    want.append(a_norm @ want[-1])
+  aggregate = graph_lib.make_aggregate(graph, graph_lib.csr_adjacency(graph), "csr")
+  got = graph_lib.lightgcn_layers(aggregate, jnp.asarray(e0, jnp.float32), num_layers)
+  assert got.shape == (num_layers + 1,) + e0.shape
+  np.testing.assert_allclose(np.asarray(got), np.stack(want), rtol=1e-5, atol=1e-6)
+
+
 def test_edge_weights_are_symmetric_normalisation():
   data = _random_data()
   graph = graph_lib.bipartite_graph(data)
