@@ -1,6 +1,8 @@
 # Two commands: `make run` (set up, then train + evaluate on the embedded LastFM data) and `make test`;
-# `make bench` runs the benchmark suite (experiments/bench_suite.py: results/bench/<date>_<backend>.json / .md).
+# `make bench` runs the benchmark suite (experiments/bench_suite.py: runs/bench/<date>_<backend>.json / .md).
 SHELL := /bin/bash
+# VENV: the virtual environment; setup installs this checkout into it (pip install -e .), so give each
+# checkout its own (VENV=another checkout's venv repoints that venv's hq_jax to this one).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Any Python >= 3.12: the pyenv shim honours .python-version, else python3.12 / python3 on PATH.
@@ -30,9 +32,12 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
-# BENCH_FLAGS: e.g. --parts=retrieval,mpe or --profile=tiny --out_dir=/tmp/bench (a quick smoke run).
+# BENCH_OUT: where the summaries go (runs/ is git-ignored; BENCH_OUT=results/bench for a run meant as a result).
+# BENCH_FLAGS: more flags, quoted when there are several: make bench BENCH_FLAGS="--profile=tiny --parts=mpe"
+# (--profile=tiny: a quick smoke run).
+BENCH_OUT ?= runs/bench
 bench: setup
-	$(PY) -m experiments.bench_suite $(BENCH_FLAGS)
+	$(PY) -m experiments.bench_suite --out_dir=$(BENCH_OUT) $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) runs

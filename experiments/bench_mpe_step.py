@@ -69,7 +69,13 @@ def time_step(method: str, table_optimizer: str, num_features: int, ids, labels,
 
 def main(argv):
   del argv
-  rows = []
+  # The header first, then each row as it is measured: stdout shows the table once, and --output holds the same.
+  lines = [f"Command: `python -m experiments.bench_mpe_step {' '.join(sys.argv[1:])}`",
+           (f"Machine: {workdir.device_description()}; date {workdir.now_iso()}; F={_F.value}, D={_D.value}, "
+            f"batch={_B.value}, MLP={_HIDDEN.value}; median of {_REPS.value} steps after {_WARMUP.value} "
+            "warm-up steps."), "",
+           "| table rows | step | table optimizer | median ms | vs first |", "|---|---|---|---|---|"]
+  print("\n".join(lines), flush=True)
   for n in (int(x) for x in _N.value):
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, n, size=(_B.value, _F.value)), jnp.int32)
@@ -81,18 +87,11 @@ def main(argv):
         continue  # The trainer refuses this pair (e.g. qr's two tables).
       t = time_step(method, opt, n, ids, labels, counts)
       first = first or t
-      rows.append(f"| {n:,} | {method} | {opt} | {t * 1e3:.1f} | {t / first:.2f}x |")
-      print(rows[-1], flush=True)
-  lines = [f"Command: `python -m experiments.bench_mpe_step {' '.join(sys.argv[1:])}`",
-           (f"Machine: {workdir.device_description()}; date {workdir.now_iso()}; F={_F.value}, D={_D.value}, "
-            f"batch={_B.value}, MLP={_HIDDEN.value}; median of {_REPS.value} steps after {_WARMUP.value} "
-            "warm-up steps."), "",
-           "| table rows | step | table optimizer | median ms | vs first |", "|---|---|---|---|---|", *rows]
-  text = "\n".join(lines)
-  print(text)
+      lines.append(f"| {n:,} | {method} | {opt} | {t * 1e3:.1f} | {t / first:.2f}x |")
+      print(lines[-1], flush=True)
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
-      f.write(text + "\n")
+      f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

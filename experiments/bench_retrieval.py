@@ -6,8 +6,10 @@ r"""Benchmarks top-K retrieval: JAX float32 / 1-bit / b-bit search against FAISS
   # 10^6 synthetic items, 1024 query users:
   python -m experiments.bench_retrieval --num_items=1000000 --num_users=1024 --dim=64 \
       --out=results/retrieval_1m
-  # a trained export (float or quantized .npz; for a quantized one the float side is its dequantization,
-  # and method "export" searches the export's own integer codes, exactly):
+  # a trained export (any kind of export.npz: float, scalar or layer-wise codes, product codes, float users
+  # with product-code items; for a coded one the float side is its decoded rows, and method "export"
+  # searches the export's own codes as evaluation ranks them: exact integer keys, or for product codes the
+  # decoded rows):
   python -m experiments.bench_retrieval --export=runs/x/export.npz --data_dir=../shared/data/gowalla
 
 Writes `<out>.json` (every timing, the machine, the command) and `<out>.md` (a markdown table). Recall is
@@ -19,7 +21,6 @@ trained export, JAX float32 2.22 s vs FAISS FlatIP 1.24 s, 1 bit XOR/popcount 0.
 """
 
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -30,10 +31,11 @@ import numpy as np
 from absl import flags
 
 from hq_jax import backend, cli
+from hq_jax import strict_json
 from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import UserError
 from hq_jax.export import load_export
-from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix
+from hq_jax.quant import family
 from hq_jax.retrieval import benchmark
 
 _EXPORT = flags.DEFINE_string("export", "", "Training export (.npz) to search; empty = synthetic embeddings.")
@@ -57,8 +59,8 @@ _MACHINE = flags.DEFINE_string("machine", platform.processor() or platform.machi
 
 
 def _float_side(rep) -> np.ndarray:
-  quantized = isinstance(rep, (QuantizedMatrix, LayeredQuantized))
-  return np.asarray(rep.dequantize() if quantized else rep, np.float32)
+  """The decoded rows of any representation (float embeddings themselves)."""
+  return np.asarray(family.family_of(rep).dequantize(rep), np.float32)
 
 
 def _methods(quantized_export: bool) -> list[str]:
@@ -75,7 +77,7 @@ def _workload() -> tuple[benchmark.Workload, dict]:
     user_rep, item_rep = load_export(_EXPORT.value)
     users, items = _float_side(user_rep), _float_side(item_rep)
     source = _EXPORT.value
-    if not isinstance(user_rep, (QuantizedMatrix, LayeredQuantized)):
+    if family.family_of(item_rep).kind == "float":  # nothing coded: no "export" method
       user_rep = item_rep = None
   else:
     if _DIM.value < 1 or not 1 <= _NUM_ITEMS.value <= 10**7 or _NUM_USERS.value < 1:
@@ -114,7 +116,7 @@ def _workload() -> tuple[benchmark.Workload, dict]:
 def main(argv):
   del argv
   w, info = _workload()
-  print(json.dumps(info), flush=True)
+  print(strict_json.dumps(info), flush=True)
   bandwidth = benchmark.measure_bandwidth()
   print(f"measured read bandwidth: {bandwidth / 1e9:.2f} GB/s", flush=True)
   rows = []
@@ -146,9 +148,12 @@ def main(argv):
     r["recall"] = benchmark.recall_at_k(r.pop("items"), ref)
   by = {r["method"]: r["median_s"] for r in rows}
   ratios = {}
-  for ours, theirs in (("1bit_xor_popcount", "faiss_binary_flat"), ("1bit_sign_matmul", "faiss_binary_flat"),
-                       ("float32", "faiss_flat_ip"), ("8bit_int_matmul", "faiss_sq8"),
-                       ("8bit_int8", "faiss_sq8"), ("4bit_int_matmul", "faiss_sq4")):
+  peers = [("1bit_xor_popcount", "faiss_binary_flat"), ("1bit_sign_matmul", "faiss_binary_flat"),
+           ("float32", "faiss_flat_ip"), ("8bit_int_matmul", "faiss_sq8"), ("8bit_int8", "faiss_sq8"),
+           ("4bit_int_matmul", "faiss_sq4")]
+  if w.item_rep is not None and family.family_of(w.item_rep).kind == "pq":  # a product-code export's peers
+    peers += [(benchmark.EXPORT_METHOD, name) for name in benchmark.FAISS_PQ]
+  for ours, theirs in peers:
     if ours in by and theirs in by:
       ratios[f"{ours}/{theirs}"] = by[ours] / by[theirs]
   result = {**info, "command": " ".join(["python -m experiments.bench_retrieval"] + sys.argv[1:]),
@@ -159,13 +164,13 @@ def main(argv):
             "time_ratios": ratios, "methods": rows}
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value + ".json", "w") as f:
-    json.dump(result, f, indent=1)
+    strict_json.dump(result, f, indent=1)
   table = benchmark.markdown_table(rows)
   with open(_OUT.value + ".md", "w") as f:
     f.write(f"{result['command']}\n\n{result['machine']}, {result['date']}, jax {jax.__version__}, "
-            f"bandwidth {bandwidth / 1e9:.2f} GB/s\n\n{table}\n\nratios: {json.dumps(ratios)}\n")
+            f"bandwidth {bandwidth / 1e9:.2f} GB/s\n\n{table}\n\nratios: {strict_json.dumps(ratios)}\n")
   print(table)
-  print("ratios:", json.dumps(ratios))
+  print("ratios:", strict_json.dumps(ratios))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ Every measured point runs in a fresh subprocess (`--point=...`), so its peak RSS
 * propagation (8 simulated CPU devices, `XLA_FLAGS=--xla_force_host_platform_device_count=8`, set for the
   subprocess): forward + backward of K = 3 layers, d = 64, on Gowalla (if `--data_dir` exists) and on a
   synthetic graph: one device `csr_aggregate`; XLA's own choice for `csr_aggregate` under jit with E0
-  row-sharded over 8 devices; `parallel.sharded_aggregate` with the 'all_gather' and 'needed' exchanges.
+  row-sharded over 8 devices; `hqgnn.sharded.sharded_aggregate` with the 'all_gather' and 'needed' exchanges.
   On a 2-core machine 8 simulated devices share 2 cores: compare CPU seconds (total work), not speedups.
 * ctr: one table of N rows (D = 16, F = 39 fields, Zipf(1.2) ids, batch 4096, an FM logit), time per step
   with the table on dense optax Adam vs the sparse row updates of `hq_jax.ctr.sparse` (lazy Adam, row-wise
@@ -41,6 +41,7 @@ import numpy as np
 from absl import flags
 
 from hq_jax import cli
+from hq_jax import strict_json
 from hq_jax.errors import UserError
 
 _EDGES = flags.DEFINE_list("edges", ["5", "5.5", "6", "6.5", "7"], "log10 of the training interactions E.")
@@ -221,6 +222,7 @@ def propagation_point(source: str) -> dict:
   import jax.numpy as jnp
 
   from hq_jax import parallel
+  from hq_jax.hqgnn import sharded as sharded_lib
   from hq_jax.data.interactions import load_dataset
   from hq_jax.hqgnn import graph as graph_lib
 
@@ -249,10 +251,10 @@ def propagation_point(source: str) -> dict:
            "xla_choice_csr": (plain, parallel.put(e0, rows), parallel.put(r, rows),
                               jax.device_put(csr, parallel.replicated(mesh)))}
   build = {}
-  for exchange in parallel.EXCHANGES:
+  for exchange in sharded_lib.EXCHANGES:
     t = time.perf_counter()
-    adj = parallel.sharded_csr_adjacency(graph, mesh, num_rows=n_pad, exchange=exchange)
-    build[exchange] = {"build_s": time.perf_counter() - t, **parallel.describe(adj)}
+    adj = sharded_lib.sharded_csr_adjacency(graph, mesh, num_rows=n_pad, exchange=exchange)
+    build[exchange] = {"build_s": time.perf_counter() - t, **sharded_lib.describe(adj)}
     cases[f"sharded_{exchange}"] = (sharded, parallel.put(e0, rows), parallel.put(r, rows), adj)
   out = {"source": data.name, "nodes": n, "directed_edges": int(graph.senders.shape[0]), "rows": n_pad,
          "blocks": build, "cases": {}}
@@ -500,7 +502,7 @@ def main(argv):
       result = ctr_point(round(10 ** float(rows)), method)
     else:
       raise UserError(f"--point={_POINT.value!r}: unknown kind {kind!r}")
-    print(json.dumps(result))
+    print(strict_json.dumps(result))
     return
 
   from hq_jax.workdir import device_description, now_iso, write_json

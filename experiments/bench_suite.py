@@ -1,16 +1,20 @@
 r"""The whole benchmark suite in one command (`make bench`): runs the existing benchmark binaries, one
 subprocess each, and writes one JSON and one markdown summary per run under `--out_dir`.
 
-  make bench                                   # = python -m experiments.bench_suite
-  python -m experiments.bench_suite --profile=tiny --out_dir=/tmp/bench   # a seconds-long smoke run
+  make bench                                   # = python -m experiments.bench_suite (-> runs/bench/)
+  make bench BENCH_FLAGS=--profile=tiny        # a minutes-long smoke run
+  make bench BENCH_OUT=results/bench           # a run meant as a result, to commit (results/bench/README.md)
+  python -m experiments.bench_suite --profile=tiny --out_dir=/tmp/bench
 
 Parts (each the named binary, unchanged; every ratio is against its peer measured in the same run):
-* `epoch`: `experiments.bench_epoch` on Gowalla, the trainer's jitted LightGCN step (both aggregations) vs
-  the PyTorch reference step (`experiments/peers/lightgcn_torch.py`, on the same device kind) when an
-  interpreter with torch is found (`--torch_python`, default: this one or `python3` on PATH if they have it).
+* `epoch`: `experiments.bench_epoch` on Gowalla (tiny: LastFM), the trainer's jitted LightGCN step (both
+  aggregations) vs the PyTorch reference step (`experiments/peers/lightgcn_torch.py`, on the same device
+  kind) when an interpreter with torch is found (`--torch_python`, default: this one or `python3` on PATH if
+  they have it).
 * `retrieval`: `experiments.bench_retrieval`, all-user top-20 at Gowalla size (29,858 users x 40,981 items,
-  training items excluded, d = 64) for float32, 1-bit XOR/popcount, 1-bit +-1 int8, 4 and 8 bit, each vs
-  its FAISS peer (FlatIP, BinaryFlat, SQ4, SQ8; where faiss is installed) and vs JAX float32.
+  training items excluded, d = 64; tiny: 300 x 2,000, no exclusions) for float32, 1-bit XOR/popcount, 1-bit
+  +-1 int8, 4 and 8 bit, each vs its FAISS peer (FlatIP, BinaryFlat, SQ4, SQ8; where faiss is installed) and
+  vs JAX float32.
 * `mpe`: `experiments.bench_mpe_step`, the CTR step of MPE's search and retrain phases vs full precision.
 * `curvature`: `experiments.hqgnn` on the embedded LastFM data, 1-bit GSTE with Hutchinson trace delta
   updates vs the same run with the plain STE (no curvature): seconds per epoch, and the curvature share of
@@ -20,10 +24,12 @@ The profile (sizes) follows the backend of `jax.default_backend()` in a child pr
 never touches the accelerator): `cpu` keeps the whole suite under 15 minutes on a 2-core CPU; `gpu` runs
 the same parts at larger sizes (more steps, 10^7-row CTR tables) and the PyTorch peer on CUDA.
 
-Output: `<out_dir>/<UTC stamp>_<backend>.json` (machine, devices, versions, git commit, date, command,
-load average before and after, every part's command, wall time, exit status and parsed results) and
-`<same>.md` (the summary tables). A part that fails is recorded with the end of its stderr; the suite then
-exits 1 after writing the summary.
+Output: `<out_dir>/<UTC stamp>_<backend>[_<profile>].json` (machine, devices, versions, git commit, date,
+command, load average before and after, every part's command, wall time, exit status and parsed results) and
+`<same>.md` (the summary tables); the profile is in the name when it is not the backend's own (`_tiny`).
+`--out_dir` defaults to `runs/bench/`, which git ignores: a run meant as a result, to be committed, passes
+`--out_dir=results/bench` (`make bench BENCH_OUT=results/bench`) and gets a line in results/bench/README.md.
+A part that fails is recorded with the end of its stderr; the suite then exits 1 after writing the summary.
 """
 
 import datetime
@@ -40,12 +46,17 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from hq_jax import cli
+from hq_jax import strict_json
+from hq_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PARTS = ("epoch", "retrieval", "mpe", "curvature")
 
-_OUT_DIR = flags.DEFINE_string("out_dir", "results/bench", "Where the run's JSON and markdown go.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Where the run's JSON and markdown go (relative: to the "
+                                "repository root; runs/ is git-ignored: results/bench for a run meant as a result).")
 _DATA_DIR = flags.DEFINE_string("data_dir", str(REPO.parent / "shared" / "data" / "gowalla"),
                                 "Gowalla in LightGCN text format (epoch and retrieval parts).")
 _PARTS = flags.DEFINE_list("parts", list(PARTS), "Parts to run.")
@@ -92,6 +103,16 @@ FAISS_PEER = {"float32": "faiss_flat_ip", "1bit_xor_popcount": "faiss_binary_fla
               "8bit_int_matmul": "faiss_sq8"}
 
 
+# Data folder name -> the name a summary heading gives it (any other folder: its own name).
+DATASET_TITLES = {"lastfm": "LastFM", "gowalla": "Gowalla"}
+
+
+def dataset_title(data_dir: str) -> str:
+  """'LastFM' for the embedded `lastfm`, 'Gowalla' for `../shared/data/gowalla`: what a part ran on."""
+  name = os.path.basename(os.path.normpath(data_dir))
+  return DATASET_TITLES.get(name.lower(), name)
+
+
 # ------------------------------------------------------------------------------------------ environment
 
 
@@ -114,8 +135,8 @@ def child_env() -> dict:
 
 def jax_environment() -> dict:
   """Backend, devices and versions, read in a child process."""
-  code = ("import json, jax, jaxlib, platform; from hq_jax.workdir import device_description; "
-          "print(json.dumps({'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()], "
+  code = ("import jax, jaxlib, platform; from hq_jax import strict_json; from hq_jax.workdir import device_description; "
+          "print(strict_json.dumps({'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()], "
           "'device_kinds': sorted({d.device_kind for d in jax.devices()}), 'device': device_description(), "
           "'jax': jax.__version__, 'jaxlib': jaxlib.__version__}))")
   out = probe(sys.executable, code, timeout=1800)
@@ -205,12 +226,14 @@ def _text(b) -> str:
 
 def part_epoch(p: dict, tmp: pathlib.Path, torch_python: str, backend: str) -> dict:
   out = tmp / "epoch.json"
-  args = ["experiments.bench_epoch", f"--data_dir={p.get('data_dir', _DATA_DIR.value)}",
+  data_dir = p.get("data_dir", _DATA_DIR.value)
+  args = ["experiments.bench_epoch", f"--data_dir={data_dir}",
           f"--batch_size={p['batch_size']}", f"--steps={p['steps']}", f"--warmup={p['warmup']}",
           f"--aggregations={p['aggregations']}", f"--out={out}"]
   if torch_python:
     args += [f"--torch_python={torch_python}", f"--torch_device={'cuda' if backend == 'gpu' else 'cpu'}"]
   row = run_part("epoch", args)
+  row["data"] = dataset_title(data_dir)
   if row["status"] == "ok":
     res = json.loads(out.read_text())
     rows = res["rows"]
@@ -235,6 +258,7 @@ def part_retrieval(p: dict, tmp: pathlib.Path, has_faiss: bool, machine_name: st
   else:
     args += [f"--num_users={p['num_users']}", f"--num_items={p['num_items']}"]
   row = run_part("retrieval", args)
+  row["data"] = dataset_title(_DATA_DIR.value) if p["gowalla"] else None  # None: synthetic sizes
   if row["status"] == "ok":
     res = json.loads((tmp / "retrieval.json").read_text())
     by = {m["method"]: m for m in res["methods"]}
@@ -280,6 +304,12 @@ def part_mpe(p: dict, tmp: pathlib.Path) -> dict:
 _EPOCH_LOG = re.compile(r"^epoch (\d+)/\d+ .* ([\d.]+) s/epoch")
 
 
+def delta_updates(metrics_jsonl: pathlib.Path) -> int:
+  """The delta updates a run made: its `"event": "delta"` lines (the trainer makes them before epochs T, 2T,
+  ... after the first, so 20 epochs at T = 10 make one)."""
+  return sum(json.loads(line).get("event") == "delta" for line in metrics_jsonl.read_text().splitlines() if line)
+
+
 def part_curvature(p: dict, tmp: pathlib.Path) -> dict:
   """1-bit GSTE with trace-delta updates vs the plain STE: the curvature's share of the GSTE run's training
   time, the time per delta update, and the median epoch (after the first, which compiles) of both runs."""
@@ -299,25 +329,27 @@ def part_curvature(p: dict, tmp: pathlib.Path) -> dict:
       epochs = [float(m[2]) for m in map(_EPOCH_LOG.match, row["stdout"].splitlines()) if m and int(m[1]) > 1]
       runs[estimator] = {"epochs": res["epochs"], "train_seconds": res["train_seconds"],
                          "curvature_seconds": res["curvature_seconds"],
+                         "delta_updates": delta_updates(workdir / "metrics.jsonl"),
                          "seconds_per_epoch": res["seconds_per_epoch"],
                          "median_epoch_s_after_first": float(sorted(epochs)[len(epochs) // 2]) if epochs else None,
                          "recall@20": res["metrics"].get("recall@20")}
   combined = {"command": " ; ".join(r["command"] for r in rows), "wall_s": sum(r["wall_s"] for r in rows),
               "status": "ok" if all(r["status"] == "ok" for r in rows) else "failed",
-              "stdout": "\n".join(r["stdout"] for r in rows)}
+              "stdout": "\n".join(r["stdout"] for r in rows), "data": dataset_title(p["data_dir"])}
   failed = [r for r in rows if r["status"] != "ok"]
   if failed:
     combined["stderr_tail"] = failed[0]["stderr_tail"]
   if "ste" in runs and "gste" in runs:
     g, s = runs["gste"], runs["ste"]
-    updates = -(-g["epochs"] // p["delta_every"])
+    updates = g["delta_updates"]
     result = {"runs": runs, "delta_updates": updates,
-              "seconds_per_delta_update": g["curvature_seconds"] / updates,
+              "seconds_per_delta_update": g["curvature_seconds"] / updates if updates else None,
               "curvature_share_of_gste_training": g["curvature_seconds"] / g["train_seconds"],
               "gste_vs_ste_train_seconds": g["train_seconds"] / s["train_seconds"]}
     if g["median_epoch_s_after_first"] and s["median_epoch_s_after_first"]:
       result["gste_vs_ste_median_epoch"] = g["median_epoch_s_after_first"] / s["median_epoch_s_after_first"]
-      result["delta_update_vs_ste_epoch"] = result["seconds_per_delta_update"] / s["median_epoch_s_after_first"]
+      if updates:
+        result["delta_update_vs_ste_epoch"] = result["seconds_per_delta_update"] / s["median_epoch_s_after_first"]
     combined["result"] = result
     combined["peer"] = "the same run with the plain STE (no curvature updates)"
   return combined
@@ -350,7 +382,8 @@ def markdown(summary: dict) -> str:
   parts = s["parts"]
   if "epoch" in parts:
     e = parts["epoch"]
-    lines += ["## LightGCN training step on Gowalla (`experiments.bench_epoch`)", "", f"`{e['command']}`", ""]
+    on = f" on {e['data']}" if e.get("data") else ""
+    lines += [f"## LightGCN training step{on} (`experiments.bench_epoch`)", "", f"`{e['command']}`", ""]
     if "result" in e:
       r = e["result"]
       lines += [f"{r['dataset'].get('train_interactions', '?')} training interactions, batch {r['batch_size']}, "
@@ -363,7 +396,8 @@ def markdown(summary: dict) -> str:
     lines += _failure(e)
   if "retrieval" in parts:
     e = parts["retrieval"]
-    lines += ["", "## All-user top-20 retrieval (`experiments.bench_retrieval`)", "", f"`{e['command']}`", ""]
+    size = f" at {e['data']} size" if e.get("data") else ""
+    lines += ["", f"## All-user top-20 retrieval{size} (`experiments.bench_retrieval`)", "", f"`{e['command']}`", ""]
     if "result" in e:
       r = e["result"]
       lines += [f"{r['query_users']:,} users x {r['num_items']:,} items, d = {r['dim']}, "
@@ -389,7 +423,8 @@ def markdown(summary: dict) -> str:
     lines += _failure(e)
   if "curvature" in parts:
     e = parts["curvature"]
-    lines += ["", "## Curvature-update overhead: 1-bit GSTE (Hutchinson trace delta) vs STE, LastFM "
+    on = f", {e['data']}" if e.get("data") else ""
+    lines += ["", f"## Curvature-update overhead: 1-bit GSTE (Hutchinson trace delta) vs STE{on} "
               "(`experiments.hqgnn`)", "", f"`{e['command']}`", ""]
     if "result" in e:
       r = e["result"]
@@ -398,11 +433,12 @@ def markdown(summary: dict) -> str:
       for name, run in r["runs"].items():
         lines.append(f"| {name} | {run['epochs']} | {run['train_seconds']:.2f} | {run['curvature_seconds']:.2f} | "
                      f"{_f(run['median_epoch_s_after_first'])} | {_f(run.get('recall@20'), '{:.4f}')} |")
+      n = r["delta_updates"]
       lines += ["", f"Curvature share of the GSTE run's training time: "
-                f"{100 * r['curvature_share_of_gste_training']:.1f}% ({r['delta_updates']} delta updates, "
-                f"{r['seconds_per_delta_update']:.2f} s each = {_ratio(r.get('delta_update_vs_ste_epoch'))} an STE "
-                f"epoch); GSTE vs STE: training time {_ratio(r['gste_vs_ste_train_seconds'])}, median epoch "
-                f"{_ratio(r.get('gste_vs_ste_median_epoch'))}."]
+                f"{100 * r['curvature_share_of_gste_training']:.1f}% ({n} delta update{'' if n == 1 else 's'}, "
+                f"{_f(r['seconds_per_delta_update'], '{:.2f}')} s per update = "
+                f"{_ratio(r.get('delta_update_vs_ste_epoch'))} an STE epoch); GSTE vs STE: training time "
+                f"{_ratio(r['gste_vs_ste_train_seconds'])}, median epoch {_ratio(r.get('gste_vs_ste_median_epoch'))}."]
     lines += _failure(e)
   lines += ["", "## Wall time per part", "", "| part | status | wall (s) |", "|---|---|---|"]
   lines += [f"| {k} | {v['status']} | {v['wall_s']:.0f} |" for k, v in parts.items()]
@@ -435,22 +471,36 @@ def summary_of(parts: dict, profile: str, machine_name: str, env: dict, load_bef
 
 
 def write_summary(base: pathlib.Path, summary: dict):
-  base.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
+  base.with_suffix(".json").write_text(strict_json.dumps(summary, indent=1) + "\n")
   base.with_suffix(".md").write_text(markdown(summary))
 
 
+def check_data_dir(parts: list[str], profile: str, data_dir: str):
+  """Stops in one line, before any part runs, when a chosen part reads Gowalla from a missing `data_dir`
+  (relative: to the repository root, where the parts run)."""
+  sizes = PROFILES[profile]
+  need = [name for name in parts if (name == "epoch" and "data_dir" not in sizes["epoch"])
+          or (name == "retrieval" and sizes["retrieval"]["gowalla"])]
+  path = pathlib.Path(data_dir)
+  if need and not (path if path.is_absolute() else REPO / path).is_dir():
+    raise UserError(f"--data_dir={data_dir}: no such folder; the {' and '.join(need)} part{'s' * (len(need) > 1)} "
+                    f"of the {profile} profile read{'s' * (len(need) == 1)} Gowalla (LightGCN text format) there: "
+                    "pass its path (make bench BENCH_FLAGS=--data_dir=PATH), or --profile=tiny, which needs no data")
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # cli.run refuses positional arguments
   unknown = [p for p in _PARTS.value if p not in PARTS]
   if unknown:
-    raise app.UsageError(f"--parts: unknown {unknown} (known: {', '.join(PARTS)})")
+    raise UserError(f"--parts: unknown {', '.join(unknown)} (known: {', '.join(PARTS)})")
   t0 = time.perf_counter()
   load_before = [round(x, 2) for x in os.getloadavg()]
   env = jax_environment()
   backend = env["backend"]
-  profile = _PROFILE.value if _PROFILE.value != "auto" else ("gpu" if backend in ("gpu", "cuda", "rocm") else "cpu")
+  own_profile = "gpu" if backend in ("gpu", "cuda", "rocm") else "cpu"
+  profile = _PROFILE.value if _PROFILE.value != "auto" else own_profile
   sizes = PROFILES[profile]
+  check_data_dir(_PARTS.value, profile, _DATA_DIR.value)
   torch_python = find_torch_python() if "epoch" in _PARTS.value else ""
   has_faiss = faiss_installed()
   machine_name = _MACHINE.value or machine(env)
@@ -461,7 +511,7 @@ def main(argv):
   if not out_dir.is_absolute():
     out_dir = REPO / out_dir
   out_dir.mkdir(parents=True, exist_ok=True)
-  base = out_dir / f"{stamp}_{backend}"
+  base = out_dir / (f"{stamp}_{backend}" + ("" if profile == own_profile else f"_{profile}"))
   parts = {}
   with tempfile.TemporaryDirectory(prefix="bench_suite_") as tmp_name:
     tmp = pathlib.Path(tmp_name)
@@ -485,4 +535,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "bench_suite")

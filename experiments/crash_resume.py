@@ -32,6 +32,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from hq_jax import strict_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ARGS = {
     "hqgnn": "--config=experiments/configs/hqgnn_test.py",
@@ -337,7 +339,7 @@ def main(argv):
       print("  " + p.replace("\n", "\n    "))
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-      json.dump(reports, f, indent=2)
+      strict_json.dump(reports, f, indent=2)
   sys.exit(0 if all(not r["problems"] and r.get("bit_identical") for r in reports) else 1)
 
 

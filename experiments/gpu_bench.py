@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from hq_jax import backend  # noqa: E402
+from hq_jax import strict_json  # noqa: E402
 from hq_jax.data.interactions import load_dataset  # noqa: E402
 from hq_jax.hqgnn import graph as graph_lib  # noqa: E402
 from hq_jax.retrieval import benchmark, scoring  # noqa: E402
@@ -462,7 +463,7 @@ def markdown(r: dict) -> str:
     lines.append("")
   errors = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
   if errors:
-    lines += ["## Errors", "", "```", json.dumps(errors, indent=1), "```"]
+    lines += ["## Errors", "", "```", strict_json.dumps(errors, indent=1), "```"]
   return "\n".join(lines) + "\n"
 
 
@@ -481,7 +482,7 @@ def main(argv):
     sys.exit(2)
 
   def save():
-    (out_dir / "gpu_bench.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out_dir / "gpu_bench.json").write_text(strict_json.dumps(report, indent=1, default=str) + "\n")
     (out_dir / "gpu_bench.md").write_text(markdown(report))
 
   with tempfile.TemporaryDirectory(prefix="gpu_bench_") as tmp_name:

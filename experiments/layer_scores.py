@@ -14,7 +14,6 @@ that moved. Prints, after the checkpoint's log line, one JSON line per score:
 one `layer_scores: error: ...` line and exit status 2. Measured on the Gowalla start: results/hqgnn_lowbit.md.
 """
 
-import json
 import os
 
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from absl import flags
 
 from hq_jax import cli
 from hq_jax import evaluation
+from hq_jax import strict_json
 from hq_jax.errors import UserError
 from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import model as model_lib
@@ -65,7 +65,7 @@ def main(argv):
             model_lib.flat_rows(layers, quantizer.layer_weights(num_layers + 1, score.split("-")[1])))
     metrics = evaluation.evaluate(rows[:data.num_users], rows[data.num_users:], data, ks=tuple(config.eval.ks),
                                   batch_size=config.eval.batch_size)
-    print(json.dumps({"score": score, **metrics}), flush=True)
+    print(strict_json.dumps({"score": score, **metrics}), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,19 @@ def main(argv):
     return
   print("\n| method | test AUC | test logloss | mean bits | 32/bits | fp32 bytes/bytes | epochs |")
   print("|---|---|---|---|---|---|---|")
+  print(results_row(r))
+
+
+def _ratio(r: dict, key: str) -> str:
+  """A compression ratio of results.json, or '-' where it is null (`<key>_reason` says why: 0 bits)."""
+  return "-" if r.get(key) is None else f"{r[key]:.1f}"
+
+
+def results_row(r: dict) -> str:
+  """The Markdown table row of a results.json dict."""
   epochs = "+".join(str(p["epochs"]) for p in r["phases"].values())
-  print(f"| {r['method']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['mean_bits_per_feature']:.3f} "
-        f"| {r['compression_bits']:.1f} | {r['compression_bytes']:.1f} | {epochs} |")
+  return (f"| {r['method']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['mean_bits_per_feature']:.3f} "
+          f"| {_ratio(r, 'compression_bits')} | {_ratio(r, 'compression_bytes')} | {epochs} |")
 
 
 if __name__ == "__main__":

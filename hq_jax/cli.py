@@ -7,16 +7,26 @@ line and exit status 130, and orbax/absl INFO chatter is kept out of the way unl
 asks for it.
 
 `define_training_flags()` also defines the multi-process flags (--coordinator_address, --num_processes,
---process_id; default: one process). A trainer calls `initialize_distributed()` first thing in `main`, before
-anything touches a device; with --num_processes > 1 every process runs the same command with its own
---process_id and they join one JAX runtime (CPU collectives over gloo):
+--process_id, --distributed_timeout; default: one process). A trainer calls `initialize_distributed()` first
+thing in `main`, before anything touches a device; with --num_processes > 1 every process runs the same
+command with its own --process_id and they join one JAX runtime (CPU collectives over gloo):
 
   python -m experiments.hqgnn --config=C.py --workdir=W --coordinator_address=host0:1234 \\
       --num_processes=2 --process_id=0   # and --process_id=1 on the second process
+
+Joining never aborts: XLA's coordination client kills the process from C++ (exit 134, after 5 silent
+minutes by default) when the coordinator never answers or a peer never registers. `initialize_distributed`
+says what it waits for at once, checks that the coordinator's port accepts a TCP connection before XLA
+tries, and exits with one line (status 2) once --distributed_timeout seconds have passed, before XLA's own
+deadline (a few seconds later) would abort.
 """
 
+import os
 import signal
+import socket
 import sys
+import threading
+import time
 from typing import Callable
 
 from absl import app
@@ -31,9 +41,23 @@ def _fail(prog: str, message: str) -> None:
   sys.exit(2)
 
 
+# The `prog` of the running binary (`run`), for messages printed outside `exit_on_user_error`.
+_PROG = "hq_jax"
+# Seconds XLA's own join deadline is set beyond --distributed_timeout: our one line comes first.
+_XLA_GRACE_S = 30
+
+
 def _one_line(e: BaseException) -> str:
-  text = " ".join(str(e).split())
-  return text.strip("\"'") if text else type(e).__name__
+  """The message of `e` on one line: an exception that only wraps another (ml_collections raises an
+  AttributeError holding a KeyError) gives the inner one's; a KeyError gives its message, not its repr (whose
+  quotes and newlines would show as \\' and \\n); the lines of a message are joined with '; '."""
+  while len(e.args) == 1 and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  message = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+  text = "; ".join(" ".join(line.split()) for line in message.splitlines() if line.strip())
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":  # a message that is one quoted string
+    text = text[1:-1]
+  return text or type(e).__name__
 
 
 def _make_parser(prog: str):
@@ -76,11 +100,16 @@ def define_training_flags():
   flags.DEFINE_integer("num_processes", 1, "Processes of a multi-process run; 1 (the default) runs alone.")
   flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run, 0 .. num_processes - 1; "
                        "process 0 writes the workdir's files.")
+  flags.DEFINE_float("distributed_timeout", 60.0, "Seconds a multi-process run waits for its coordinator and for "
+                     "every process to join before it stops with one error line.")
   return config, workdir, extend
 
 
-def check_distributed_settings(coordinator_address: str | None, num_processes: int, process_id: int) -> None:
+def check_distributed_settings(coordinator_address: str | None, num_processes: int, process_id: int,
+                               timeout: float = 60.0) -> None:
   """Raises a `UserError` naming the flag when the multi-process flags do not describe one valid run."""
+  if not timeout > 0:
+    raise UserError(f"--distributed_timeout must be a positive number of seconds, got {timeout}")
   if num_processes < 1:
     raise UserError(f"--num_processes must be at least 1, got {num_processes}")
   if not 0 <= process_id < num_processes:
@@ -103,27 +132,80 @@ def initialize_distributed() -> None:
   """Joins this process to a multi-process run when --num_processes > 1; does nothing for one process.
 
   Call it at the top of `main`, before anything touches a device (JAX fixes its backends at first use).
-  Sets gloo as the CPU collectives implementation (without it, CPU processes cannot run cross-process
-  collectives; it has no effect on GPU/TPU) and calls `jax.distributed.initialize`. After it,
-  `jax.devices()` holds the devices of every process and `jax.process_index()` is --process_id.
+  Prints at once what it waits for; a process other than 0 first waits (up to --distributed_timeout
+  seconds) until the coordinator's port accepts a TCP connection. Then sets gloo as the CPU collectives
+  implementation (without it, CPU processes cannot run cross-process collectives; it has no effect on
+  GPU/TPU) and calls `jax.distributed.initialize` with the rest of the timeout. After it, `jax.devices()`
+  holds the devices of every process and `jax.process_index()` is --process_id.
 
   Raises:
-    UserError: the flags are inconsistent (`check_distributed_settings`), or the processes could not join
-      (coordinator unreachable, or not every process started before the timeout).
+    UserError: the flags are inconsistent (`check_distributed_settings`), or the coordinator did not answer
+      in time. When the processes cannot all join in time (XLA would abort the process), one line is printed
+      and the process exits with status 2.
   """
   import jax  # noqa: PLC0415 - keeps `--help` and flag errors fast
 
   f = flags.FLAGS
-  check_distributed_settings(f.coordinator_address, f.num_processes, f.process_id)
+  timeout = f.distributed_timeout if "distributed_timeout" in f else 60.0
+  check_distributed_settings(f.coordinator_address, f.num_processes, f.process_id, timeout)
   if f.num_processes == 1:
     return
+  address, deadline = f.coordinator_address, time.monotonic() + timeout
+  me = f"process {f.process_id} of {f.num_processes}"
+  if f.process_id == 0:
+    _say(f"{me}: hosting the coordinator at {address}; waiting up to {timeout:g} s for the other "
+         f"{f.num_processes - 1} process{'es' if f.num_processes > 2 else ''} to join")
+    give_up = (f"{me}: not every process joined the run at {address} within {timeout:g} s (start each with "
+               f"--coordinator_address={address} --num_processes={f.num_processes} and its own --process_id; "
+               "or raise --distributed_timeout)")
+  else:
+    _say(f"{me}: waiting up to {timeout:g} s for the coordinator at {address}")
+    if not wait_for_port(address, deadline):
+      raise UserError(f"{me}: no coordinator answered at {address} within {timeout:g} s (is process 0 running, "
+                      "with the same --coordinator_address? raise --distributed_timeout to wait longer)")
+    give_up = (f"{me}: the coordinator at {address} answers, but the run did not start within {timeout:g} s "
+               "(not every process joined, or another program listens there)")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  remaining = max(1.0, deadline - time.monotonic())
+  # XLA aborts the process when its own deadline passes; this timer ends it first, with one line.
+  watchdog = threading.Timer(remaining, _exit_with, args=(give_up,))
+  watchdog.daemon = True
+  watchdog.start()
   try:
-    jax.distributed.initialize(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-                               process_id=f.process_id)
+    jax.distributed.initialize(coordinator_address=address, num_processes=f.num_processes,
+                               process_id=f.process_id,
+                               initialization_timeout=int(remaining) + _XLA_GRACE_S)
   except Exception as e:  # noqa: BLE001 - XLA raises its runtime error type for every failure to connect
-    raise UserError(f"process {f.process_id} of {f.num_processes} could not join the run at "
-                    f"{f.coordinator_address}: {_one_line(e)[:300]}") from None
+    raise UserError(f"{me} could not join the run at {address}: {_one_line(e)[:300]}") from None
+  finally:
+    watchdog.cancel()
+
+
+def wait_for_port(address: str, deadline: float) -> bool:
+  """Whether `address` ('host:port', '[v6]:port') accepts a TCP connection before `deadline`
+  (`time.monotonic()`), trying again every quarter second (its process may start later than this one)."""
+  host, _, port = address.rpartition(":")
+  host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+  while True:
+    left = deadline - time.monotonic()
+    if left <= 0:
+      return False
+    try:
+      with socket.create_connection((host, int(port)), timeout=min(2.0, left)):
+        return True
+    except OSError:
+      time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def _say(message: str) -> None:
+  """A progress line: on stdout, with the trainers' logs (stderr holds warnings and the error line only)."""
+  print(message, flush=True)
+
+
+def _exit_with(message: str) -> None:
+  """One `prog: error:` line, then exit status 2 at once (the main thread is blocked inside XLA)."""
+  print(f"{_PROG}: error: {message}", file=sys.stderr, flush=True)
+  os._exit(2)
 
 
 def _interrupt(signum, frame) -> None:
@@ -131,23 +213,10 @@ def _interrupt(signum, frame) -> None:
   raise KeyboardInterrupt
 
 
-def _drop_late_loop_callbacks(unraisable) -> None:
-  """`sys.unraisablehook` that drops only "Event loop is closed" from a callback.
-
-  When orbax gives up a restore (a damaged checkpoint, reported in one warning line and moved aside), the
-  asyncio loop it ran is closed while tensorstore reads of the same restore are still in flight; their done-
-  callbacks then fail on the closed loop. Nothing is lost and nothing is left to report, but Python would
-  print each as a traceback. Everything else goes to the default hook.
-  """
-  exc = unraisable.exc_value
-  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-    return
-  sys.__unraisablehook__(unraisable)
-
-
 def run(main: Callable[[list[str]], None], prog: str) -> None:
   """Runs `main` under absl with one-line errors for bad input (see the module docstring)."""
-  sys.unraisablehook = _drop_late_loop_callbacks
+  global _PROG
+  _PROG = prog
   # Ctrl-C raises KeyboardInterrupt wherever the main thread is. With Python's default handler in place,
   # asyncio.run (orbax's checkpoint finalisation) swaps in its own, which only cancels the running task, and
   # a task that completes anyway loses the interrupt; asyncio leaves a non-default handler alone.

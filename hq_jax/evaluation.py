@@ -15,6 +15,9 @@ same code that serves retrieval, so evaluation and retrieval cannot disagree: tr
 ties broken by the lower item id, float embeddings scored by <e_u, e_i> and a `QuantizedMatrix` (or
 layer-wise `LayeredQuantized`) pair ranked from its integer codes with exact integer keys whose order equals
 the dequantized one (the spec: "rank with the quantized representation"; `hq_jax.retrieval.scoring`).
+Product codes (`ProductCodes` on both sides, or float users with `ProductCodes` items) are ranked from their
+decoded rows by the float path, exactly as the decoded float32 pair (`hq_jax.retrieval.scoring` says what
+that order is). Which pairs are legal and how each ranks is `hq_jax.quant.family`'s.
 Hits are looked up on the host from the test CSR; a training item is never a hit, even when a (malformed)
 split lists it in both train and test: it still counts in |T_u|, as in the reference code, where it is
 ranked last.
@@ -29,13 +32,15 @@ import numpy as np
 from hq_jax import backend, export
 from hq_jax.data.interactions import CSR, InteractionData
 from hq_jax.errors import UserError
+from hq_jax.quant import family as family_lib
+from hq_jax.quant.pq import ProductCodes
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix
 from hq_jax.retrieval.topk import topk as ranked_topk
 
 DEFAULT_KS = (20, 50)
 DEFAULT_BATCH_SIZE = backend.CPU.batch_users  # the CPU's users per call; None picks the backend's (hq_jax.backend)
 
-Representation = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized
+Representation = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized | ProductCodes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -131,31 +136,25 @@ def check_representations(user_rep: Representation, item_rep: Representation,
   """Checks shapes and kinds against `data`.
 
   Raises:
-    UserError: rows that do not match the dataset's users/items, differing dims, a mix of kinds (float,
-      `QuantizedMatrix`, `LayeredQuantized`), or non-finite float values (which would make the ranking
-      meaningless).
+    UserError: rows that do not match the dataset's users/items, differing dims, a pair of families that
+      is not legal (`hq_jax.quant.family.check_pair`), or non-finite float values or codebooks (which would
+      make the ranking meaningless).
   """
-  kinds = [type(r) if isinstance(r, (QuantizedMatrix, LayeredQuantized)) else None for r in (user_rep, item_rep)]
-  if kinds[0] is not kinds[1]:
-    name = lambda k: "float arrays" if k is None else k.__name__
-    raise UserError(f"user and item representations must be of one kind: both float arrays, both "
-                    f"QuantizedMatrix or both LayeredQuantized (got user {name(kinds[0])}, item {name(kinds[1])})")
-  for what, rep, rows in (("user", user_rep, data.num_users), ("item", item_rep, data.num_items)):
-    shape = tuple(rep.shape)
+  pair = family_lib.check_pair(user_rep, item_rep)
+  shapes = {}
+  for what, fam, rep, rows in (("user", pair.user, user_rep, data.num_users),
+                               ("item", pair.item, item_rep, data.num_items)):
+    shape = fam.shape(rep)
     if len(shape) != 2:
       raise UserError(f"{what} representation must be 2-D (num_{what}s, dim), got shape {shape}")
     if shape[0] != rows:
       raise UserError(f"{what} representation has {shape[0]} rows but dataset {data.name!r} has "
                       f"{rows} {what}s")
-  if user_rep.shape[1] != item_rep.shape[1]:
-    raise UserError(f"user dim {user_rep.shape[1]} differs from item dim {item_rep.shape[1]}")
-  if kinds[0] is not None:
-    return
-  for what, rep in (("user", user_rep), ("item", item_rep)):
-    if not jnp.issubdtype(rep.dtype, jnp.floating):
-      raise UserError(f"{what} embeddings must be floating point, got {rep.dtype}")
-    if not np.isfinite(np.asarray(rep)).all():
-      raise UserError(f"{what} embeddings contain non-finite values")
+    shapes[what] = shape
+  if shapes["user"][1] != shapes["item"][1]:
+    raise UserError(f"user dim {shapes['user'][1]} differs from item dim {shapes['item'][1]}")
+  pair.user.check_values(user_rep, "user")
+  pair.item.check_values(item_rep, "item")
 
 
 def topk_items(user_rep: Representation, item_rep: Representation, data: InteractionData,
@@ -186,9 +185,10 @@ def evaluate(user_rep: Representation, item_rep: Representation, data: Interacti
   """Recall@K and NDCG@K of the LightGCN full-ranking protocol.
 
   Args:
-    user_rep: (num_users, d) float embeddings, or a `QuantizedMatrix` or `LayeredQuantized` (then item_rep
-      must be of the same kind and items are ranked from the integer codes).
-    item_rep: (num_items, d), same kind as user_rep.
+    user_rep: (num_users, d) float embeddings, or a `QuantizedMatrix`, `LayeredQuantized` or `ProductCodes`
+      (then item_rep must be of the same kind; scalar and layer-wise codes are ranked from their integer
+      codes, product codes from their decoded rows).
+    item_rep: (num_items, d), same kind as user_rep, or `ProductCodes` under float users.
     data: the interactions; train pairs are excluded from ranking, test pairs are the targets.
     ks: cutoffs; each must be <= num_items.
     batch_size: users ranked per jitted call (None: the backend's, `hq_jax.backend`).

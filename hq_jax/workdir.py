@@ -5,6 +5,8 @@ A workdir holds
 * `config.json`: the config the run was started with (and any recorded continuations);
 * `checkpoints/`: orbax checkpoints (`hq_jax.checkpoint`); damaged ones are moved to `checkpoints_damaged/`;
 * `metrics.jsonl`: one JSON record per line, each with a `step` key;
+* every JSON file is strict (`hq_jax.strict_json`): a number that is not finite is null, with the reason in
+  a sibling key `<name>_reason`;
 * `results.json` and `export.npz`: what the final metrics were computed from.
 
 `RunDir` is the protocol both trainers follow:
@@ -17,7 +19,9 @@ A workdir holds
    newer hq_jax resumes and re-evaluates older runs.
 2. `restore(abstract_state)` resumes from the newest checkpoint that restores with the arrays that were saved
    (`hq_jax.checkpoint` stores a checksum with each step); a damaged one (a bad disk, a partial copy) is
-   reported in one warning line and moved aside, never deleted.
+   reported in one warning line and moved aside, never deleted; one that was never readable is named in one
+   error line and left in place. A checkpoint written on a mesh that padded the table to another row count
+   restores too (`unpadded_rows`: zero padding rows added or dropped).
 3. `check_finite(losses, ...)` is called once per epoch with the epoch's losses (one host sync) and raises
    `NonFiniteLossError` with a message that is true whether or not a checkpoint exists yet.
 4. Every file is written atomically (temporary file in the same folder, then `os.replace`), so a kill during
@@ -44,7 +48,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from hq_jax.checkpoint import (Checkpointer, DamagedCheckpointError, damaged_step_folders,
+from hq_jax import strict_json
+from hq_jax.checkpoint import (Checkpointer, DamagedCheckpointError, damaged_step_folders, path_key,
                                remove_unfinished_saves, sync_processes)
 from hq_jax.errors import NonFiniteLossError, UserError
 
@@ -52,20 +57,9 @@ CONFIG_FILE = "config.json"
 DAMAGED_DIR = "checkpoints_damaged"
 
 
-def _jsonable(obj):
-  if isinstance(obj, dict):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  if isinstance(obj, (np.floating,)):
-    return float(obj)
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return np.asarray(obj).tolist()
-  if hasattr(obj, "to_dict"):  # ml_collections.ConfigDict
-    return _jsonable(obj.to_dict())
-  return obj
+# Every JSON value the workdir writes or compares goes through the one rule of `hq_jax.strict_json`
+# (non-finite numbers -> null with a `<name>_reason` beside them; never NaN or Infinity in a file).
+_jsonable = strict_json.json_safe
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,8 +92,8 @@ def atomic_write(path: str, write: Callable[[io.IOBase], None], *, binary: bool 
 
 
 def write_json(path: str, obj) -> None:
-  """Writes `obj` as indented JSON atomically."""
-  atomic_write(path, lambda f: f.write(json.dumps(_jsonable(obj), indent=2) + "\n"))
+  """Writes `obj` as indented, strict JSON (`hq_jax.strict_json`: no NaN / Infinity) atomically."""
+  atomic_write(path, lambda f: f.write(strict_json.dumps(obj, indent=2) + "\n"))
 
 
 def write_npz(path: str, arrays: dict) -> None:
@@ -131,7 +125,7 @@ class MetricsLog:
   def _write(self, records: Sequence[dict]) -> None:
     if not self.writer:
       return
-    atomic_write(self.path, lambda f: f.writelines(json.dumps(_jsonable(r)) + "\n" for r in records))
+    atomic_write(self.path, lambda f: f.writelines(strict_json.dumps(r) + "\n" for r in records))
 
   def append(self, record: dict) -> None:
     self._write(self.read() + [record])
@@ -294,24 +288,38 @@ class RunDir:
 
   # ---- checkpoints
 
-  def restore(self, abstract_state):
+  def restore(self, abstract_state, *, unpadded_rows: int | None = None):
     """The newest checkpoint that restores into `abstract_state`'s structure, or None when there is none.
 
     Stored shapes and dtypes are compared with `abstract_state` first (from the checkpoint's metadata). A
     checkpoint that then fails to restore, or restores other arrays than were saved (its checksum), is
     damaged: one warning line, then it is moved to `checkpoints_damaged/` and the next older one is tried.
 
+    Mesh padding: with `unpadded_rows` (the table's true row count) given, a checkpoint whose arrays differ
+    from `abstract_state` only in the padded row count of the table (leaves of `abstract_state` with a
+    leading dimension equal to the padded table rows, stored with another row count >= `unpadded_rows`) is
+    restored anyway: zero rows are added, or padding rows dropped. Padding rows are exactly zero in every
+    such leaf (parameters and optimizer state: no id indexes them, so their gradient is 0 and every optimizer
+    keeps them at 0); rows to be dropped are checked to be zero.
+
     Raises:
       UserError: a checkpoint's stored shapes differ from `abstract_state` (code or config changed), or
         every checkpoint was damaged.
+      UnreadableCheckpointError: a checkpoint was never readable (`hq_jax.checkpoint`); it stays in place.
     """
     for step in sorted(self.checkpoints.all_steps(), reverse=True):
       mismatch = self.checkpoints.shape_mismatch(abstract_state, step)  # orbax would restore other shapes
-      if mismatch:
+      repad = None
+      if mismatch and unpadded_rows is not None:
+        repad = self._padding_difference(abstract_state, step, unpadded_rows)
+      if mismatch and repad is None:
         raise UserError(f"{self.checkpoints.directory}: checkpoint {step} does not match this run's state "
                         f"({mismatch}); use a new --workdir")
       try:
-        state = self.checkpoints.restore(abstract_state, step)
+        if repad is None:
+          state = self.checkpoints.restore(abstract_state, step)
+        else:
+          state = self.checkpoints.restore(repad[0], step)
       except DamagedCheckpointError as e:
         if self.writer:
           self._report_damaged(step, e.reason)
@@ -320,6 +328,8 @@ class RunDir:
         sync_processes(f"hq_jax damaged checkpoint {step}")
         self.checkpoints.reload()
         continue
+      if repad is not None:
+        state = self._repadded(state, abstract_state, step, *repad[1:])
       self.resumed_step = step
       return state
     if self._damaged:
@@ -327,6 +337,65 @@ class RunDir:
                       f"{', '.join(map(str, self._damaged))}, moved to {self.path(DAMAGED_DIR)}); rerun to start "
                       "over from scratch, or restore a copy of the checkpoints")
     return None
+
+  def _padding_difference(self, abstract_state, step: int, unpadded_rows: int):
+    """(restore target, stored rows, padded rows, indices of the leaves to re-pad) when `step` differs from
+    `abstract_state` only in the padded row count of the table (see `restore`), else None.
+
+    Leaves are matched by their path in the tree; each differing leaf must differ in its leading dimension
+    alone, all by the same pair of row counts, both at least `unpadded_rows`. The target has the stored row
+    count there, placed replicated on the mesh of `abstract_state` (it need not divide over it)."""
+    stored = self.checkpoints.stored_leaves(step)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(jax.tree.map(_abstract_leaf, abstract_state))
+    if len(stored) != len(flat):
+      return None
+    pairs, resize = set(), []
+    for i, (path, x) in enumerate(flat):
+      theirs = stored.get(path_key(path))
+      if theirs is None:
+        return None
+      shape, dtype = theirs
+      if shape == tuple(x.shape) and dtype == str(x.dtype):
+        continue
+      if not (x.shape and shape and shape[1:] == tuple(x.shape[1:]) and dtype == str(x.dtype)):
+        return None
+      pairs.add((shape[0], x.shape[0]))
+      resize.append(i)
+    if len(pairs) != 1:
+      return None
+    stored_rows, padded = pairs.pop()
+    if min(stored_rows, padded) < unpadded_rows:
+      return None
+    leaves = [_with_rows(x, stored_rows) if i in resize else x for i, (_, x) in enumerate(flat)]
+    return jax.tree.unflatten(treedef, leaves), stored_rows, padded, frozenset(resize)
+
+  def _repadded(self, state, abstract_state, step: int, stored: int, padded: int, resize: frozenset):
+    """`state` (restored with `stored` rows in the leaves `resize`) with `padded` rows there, placed as
+    `abstract_state` says."""
+    targets = jax.tree.leaves(jax.tree.map(_abstract_leaf, abstract_state))
+    leaves, treedef = jax.tree.flatten(state)
+    problems = []
+    for i in sorted(resize):
+      host = _host_value(leaves[i])
+      if padded < stored:
+        nonzero = np.any(host[padded:].reshape(stored - padded, -1), axis=1)
+        if nonzero.any():
+          problems.append(f"{int(np.count_nonzero(nonzero))} of its rows {padded}..{stored - 1} are not zero")
+        host = host[:padded]
+      else:
+        host = np.concatenate([host, np.zeros((padded - stored,) + host.shape[1:], host.dtype)])
+      sharding = targets[i].sharding
+      if isinstance(sharding, jax.sharding.Sharding):
+        leaves[i] = jax.make_array_from_callback(host.shape, sharding, lambda index, host=host: host[index])
+      else:
+        leaves[i] = jax.numpy.asarray(host)
+    if problems:
+      raise UserError(f"{self.checkpoints.directory}: checkpoint {step} was written on a mesh that pads the table "
+                      f"to {stored} rows, this mesh pads it to {padded}, but {problems[0]} (they would be "
+                      f"padding); rerun on a mesh that pads to {stored} rows (the one that wrote it)")
+    print(f"checkpoint {step}: written on a mesh that pads the table to {stored} rows, restored with this mesh's "
+          f"{padded} ({'zero rows added' if padded > stored else 'zero padding rows dropped'})", flush=True)
+    return jax.tree.unflatten(treedef, leaves)
 
   def _report_damaged(self, step: int, reason: str) -> None:
     """Moves checkpoint `step` to checkpoints_damaged/ (never deletes it) with one warning line."""
@@ -402,8 +471,30 @@ def progress(iterable, total: int, desc: str):
               disable=None)
 
 
+def _abstract_leaf(x) -> jax.ShapeDtypeStruct:
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  x = np.asarray(x) if np.isscalar(x) else x
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def _with_rows(x: jax.ShapeDtypeStruct, rows: int) -> jax.ShapeDtypeStruct:
+  """`x` with `rows` leading rows, replicated on its mesh (if it has one)."""
+  sharding = x.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  return jax.ShapeDtypeStruct((rows,) + tuple(x.shape[1:]), x.dtype, sharding=sharding)
+
+
+def _host_value(x) -> np.ndarray:
+  """The global value of a restored leaf (replicated when it spans several processes)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_shards[0].data)
+  return np.asarray(x)
+
+
 def _show(v) -> str:
-  return "absent" if v is None else json.dumps(v)
+  return "absent" if v is None else strict_json.dumps(v)
 
 
 def device_description() -> str:

@@ -76,7 +76,7 @@ def test_two_processes_join(tmp_path):
     port = s.getsockname()[1]
   procs = [subprocess.Popen([sys.executable, "-c", _JOIN, "--config=experiments/configs/hqgnn_test.py",
                              f"--workdir={tmp_path}", f"--coordinator_address=localhost:{port}",
-                             "--num_processes=2", f"--process_id={i}"],
+                             "--num_processes=2", f"--process_id={i}", "--distributed_timeout=300"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             env=subprocess_env())
            for i in range(2)]
@@ -87,22 +87,68 @@ def test_two_processes_join(tmp_path):
   assert last_lines == [["0", "2", "2", "[10,", "11]"], ["1", "2", "2", "[10,", "11]"]]
 
 
-def test_late_event_loop_callbacks_are_dropped_and_others_kept(capsys, monkeypatch):
-  """A callback failing on a closed asyncio loop (abandoned orbax restore) prints nothing; any other
-  unraisable exception still reaches the default hook."""
-  import gc
-  monkeypatch.setattr(sys, "unraisablehook", cli._drop_late_loop_callbacks)
+@pytest.mark.parametrize("name, error, line", [
+    # ml_collections: an AttributeError holding a KeyError whose message has quotes and a newline
+    ("mistyped_config_key", AttributeError(KeyError('\'epoch\'\nDid you mean "epochs" instead of "epoch"?')),
+     '\'epoch\'; Did you mean "epochs" instead of "epoch"?'),
+    ("quoted_key_alone", KeyError("'bogus'"), "bogus"),
+    ("plain", ValueError("bad  value\n  here"), "bad value; here"),
+    ("empty", OSError(), "OSError"),
+])
+def test_one_line_shows_the_message_not_its_repr(name, error, line):
+  del name
+  assert cli._one_line(error) == line
 
-  class RaisesOnDelete:
-    def __init__(self, exc):
-      self.exc = exc
 
-    def __del__(self):
-      raise self.exc
+def test_a_mistyped_config_key_is_one_clean_line(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "experiments.hqgnn", "--config=experiments/configs/hqgnn_test.py",
+                      "--config.train.epoch=3", f"--workdir={tmp_path / 'w'}"],
+                     capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+  assert r.returncode == 2
+  assert r.stderr.splitlines() == ['hqgnn: error: unknown config field in an override: \'epoch\'; Did you mean '
+                                   '"epochs" instead of "epoch"?']
 
-  RaisesOnDelete(RuntimeError("Event loop is closed"))
-  gc.collect()
-  assert "Event loop is closed" not in capsys.readouterr().err
-  RaisesOnDelete(ValueError("boom"))
-  gc.collect()
-  assert "boom" in capsys.readouterr().err
+
+def test_distributed_timeout_must_be_positive():
+  with pytest.raises(UserError, match=r"--distributed_timeout must be a positive number of seconds, got 0"):
+    cli.check_distributed_settings("localhost:1234", 2, 1, timeout=0)
+
+
+def test_wait_for_port(tmp_path):
+  import time
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    assert cli.wait_for_port(f"localhost:{port}", time.monotonic() + 5)
+  t0 = time.monotonic()
+  assert not cli.wait_for_port(f"localhost:{port}", time.monotonic() + 0.6)  # closed now
+  assert 0.5 < time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("process_id, line", [
+    (1, r"join: error: process 1 of 2: no coordinator answered at localhost:{port} within 2 s \(is process 0 "
+        r"running, with the same --coordinator_address\? raise --distributed_timeout to wait longer\)"),
+    (0, r"join: error: process 0 of 2: not every process joined the run at localhost:{port} within 2 s \(start "
+        r"each with --coordinator_address=localhost:{port} --num_processes=2 and its own --process_id; or raise "
+        r"--distributed_timeout\)"),
+])
+def test_a_process_left_alone_stops_in_one_line_within_its_timeout(tmp_path, process_id, line):
+  """Process 1 against a port nothing listens on; process 0 whose peer never comes. Before: 5 silent
+  minutes, then XLA's C++ abort (exit 134) with ~30 lines."""
+  import re
+  import time
+  from tests.conftest import free_port
+  port = free_port()
+  t0 = time.monotonic()
+  r = subprocess.run([sys.executable, "-c", _JOIN, "--config=experiments/configs/hqgnn_test.py",
+                      f"--workdir={tmp_path}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                      f"--process_id={process_id}", "--distributed_timeout=2"],
+                     capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=240)
+  seconds = time.monotonic() - t0
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
+  assert re.fullmatch(line.format(port=port), r.stderr.strip()), r.stderr
+  waiting = "for the coordinator at" if process_id else "waiting up to 2 s for the other 1 process to join"
+  assert waiting in r.stdout.splitlines()[0]
+  assert seconds < 120  # imports and start-up on a loaded 2-core machine, plus the 2 s

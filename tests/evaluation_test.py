@@ -12,6 +12,7 @@ from hq_jax import evaluation
 from hq_jax.data.interactions import InteractionData, to_csr
 from hq_jax.errors import UserError
 from hq_jax.quant import quantizer
+from hq_jax.quant.pq import ProductCodes
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, dequantize
 
 
@@ -354,6 +355,54 @@ def test_new_representations_match_exact_reference(name, build):
   got = evaluation.evaluate(user_rep, item_rep, data, ks=ks, batch_size=4)
   exact = ref.exact_scores(user_rep, item_rep)
   assert got == pytest.approx(reference_evaluate_scores(exact, train, test, ks), rel=1e-6, abs=1e-9)
+
+
+def _dyadic_product_codes(rng, n, num_subspaces=4, bits=3, sub_dim=4, books=None):
+  """Codewords k / 4 (exact float32 sums, many exact ties)."""
+  if books is None:
+    books = rng.integers(-4, 5, (num_subspaces, 1 << bits, sub_dim)).astype(np.float32) / 4
+  codes = rng.integers(0, 1 << bits, (n, num_subspaces)).astype(np.uint8)
+  return ProductCodes(codes=jnp.asarray(codes), codebooks=jnp.asarray(books), bits=bits)
+
+
+PRODUCT_CODE_PAIRS = [
+    ("pq_both_sides", lambda r, nu, ni: (_dyadic_product_codes(r, nu), _dyadic_product_codes(r, ni))),
+    ("pq_items_float_users", lambda r, nu, ni: (r.integers(-4, 5, (nu, 16)).astype(np.float32) / 4,
+                                                _dyadic_product_codes(r, ni, 8, 8, 2))),
+]
+
+
+@pytest.mark.parametrize("name,build", PRODUCT_CODE_PAIRS, ids=[c[0] for c in PRODUCT_CODE_PAIRS])
+def test_product_codes_match_the_decoded_reference_exactly(name, build):
+  """Ranked from the codes (their decoded rows), equal to the plain NumPy protocol on the decoded rows
+  (exact: dyadic codewords), ties to the lower id, training items excluded; and equal to evaluating the
+  decoded float32 matrices themselves."""
+  rng = np.random.default_rng(len(name))
+  num_users, num_items, ks = 9, 70, (5, 20)
+  train, test = random_split(rng, num_users, num_items, 0.25)
+  data = make_data(train, test, num_users, num_items)
+  user_rep, item_rep = build(rng, num_users, num_items)
+  got = evaluation.evaluate(user_rep, item_rep, data, ks=ks, batch_size=4)
+  scores = ref.float64_scores(user_rep, item_rep)
+  assert len(np.unique(scores)) < scores.size // 3  # exact ties decided by the id
+  assert got == pytest.approx(reference_evaluate_scores(scores, train, test, ks), rel=1e-6, abs=1e-9)
+  assert got == evaluation.evaluate(ref.float_rows(user_rep), ref.float_rows(item_rep), data, ks=ks, batch_size=4)
+  probe = np.arange(num_users)
+  want = np.stack([ref.ranked(scores[u], 20, train.get(u, ())) for u in probe])
+  np.testing.assert_array_equal(evaluation.topk_items(user_rep, item_rep, data, probe, 20, batch_size=5), want)
+
+
+def test_product_code_pairs_that_are_not_legal():
+  rng = np.random.default_rng(0)
+  data = make_data({0: [0]}, {0: [1]}, 2, 6)
+  users, items = _dyadic_product_codes(rng, 2), _dyadic_product_codes(rng, 6)
+  with pytest.raises(UserError, match="float users with ProductCodes items .*got user ProductCodes, item float"):
+    evaluation.evaluate(users, np.ones((6, 16), np.float32), data, ks=(1,))
+  with pytest.raises(UserError, match="item representation has 6 rows but dataset 'tiny' has 5 items"):
+    evaluation.evaluate(users, items, make_data({0: [0]}, {0: [1]}, 2, 5), ks=(1,))
+  bad = ProductCodes(codes=items.codes, codebooks=items.codebooks.at[0, 0, 0].set(jnp.nan), bits=3)
+  with pytest.raises(UserError, match="item codebooks contain non-finite values"):
+    evaluation.evaluate(users, bad, data, ks=(1,))
 
 
 # ----------------------------------------------------------------------------------------------------------

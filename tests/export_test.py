@@ -10,7 +10,8 @@ import pytest
 from hq_jax import evaluation
 from hq_jax import export
 from hq_jax.errors import UserError
-from hq_jax.quant import quantizer
+from hq_jax.quant import family, pq, quantizer
+from hq_jax.quant.pq import ProductCodes
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, quantize
 
 
@@ -71,10 +72,20 @@ def test_loads_version_1_row_scales(tmp_path):
   np.testing.assert_array_equal(np.asarray(items.dequantize()), np.asarray(i.dequantize()))
 
 
+def _pq(rng, n, num_subspaces=4, bits=3, d=12, books=None):
+  if books is None:
+    books = rng.standard_normal((num_subspaces, 1 << bits, d // num_subspaces)).astype(np.float32)
+  return pq.quantize(jnp.asarray(rng.standard_normal((n, d)), jnp.float32), jnp.asarray(books), bits)
+
+
 def _round_trip_cases():
   rng = np.random.default_rng(7)
   x = lambda n, d=12: rng.standard_normal((n, d)).astype(np.float32)
   cases = [("float", x(4), x(9))]
+  shared = rng.standard_normal((6, 256, 2)).astype(np.float32)
+  cases += [("pq_separate", _pq(rng, 4), _pq(rng, 9)), ("pq_shared_8bit", _pq(rng, 4, 6, 8, books=shared),
+                                                         _pq(rng, 9, 6, 8, books=shared)),
+            ("pq_m_differs_5bit", _pq(rng, 4, 2, 5), _pq(rng, 9, 6, 5)), ("pq_float_users", x(4), _pq(rng, 9, 3, 1))]
   cases += [(f"{b}bit", quantize(x(4), b), quantize(x(9), b)) for b in quantizer.SUPPORTED_BITS]
   cases += [("1bit_row_float32", _row(x(4), 32), _row(x(9), 32)), ("1bit_row_8bit", _row(x(4), 8), _row(x(9), 8)),
             ("layered_mean", _layered(rng, 4), _layered(rng, 9)),
@@ -99,9 +110,52 @@ def test_save_load_round_trip(tmp_path, name, users, items):
       continue
     np.testing.assert_array_equal(np.asarray(got.dequantize()), np.asarray(want.dequantize()))
     assert got.nbytes_packed() == want.nbytes_packed()
+    if isinstance(want, ProductCodes):
+      np.testing.assert_array_equal(np.asarray(got.codes), np.asarray(want.codes))
+      assert got.codes.dtype == np.uint8 and got.codebooks.dtype == np.float32 and got.bits == want.bits
     if isinstance(want, LayeredQuantized):
       assert got.weights == want.weights
       assert [q.scale_bits for q in got.layers] == [q.scale_bits for q in want.layers]
+
+
+def test_product_code_keys_and_shared_codebooks_stored_once(tmp_path):
+  rng = np.random.default_rng(2)
+  books = rng.standard_normal((4, 16, 3)).astype(np.float32)
+  users, items = _pq(rng, 5, 4, 4, books=books), _pq(rng, 7, 4, 4, books=books)
+  export.save_export(str(tmp_path / "s.npz"), users, items)
+  z = np.load(tmp_path / "s.npz")
+  assert str(z["kind"]) == "pq" and int(z["format_version"]) == 3 and int(z["bits"]) == 4
+  assert z["user_codes"].dtype == np.uint8 and z["item_codes"].shape == (7, 4)
+  assert z["codebooks"].shape == (4, 16, 3) and "item_codebooks" not in z.files
+  stored = family.storage(users, items)
+  assert stored["codebook_bytes"] == books.nbytes  # once, shared
+  assert stored["representation_bytes"] == 12 * 2 + books.nbytes  # 4 codes of 4 bits: 2 bytes a row
+  assert stored["bits_per_node"] == 16.0 and stored["codebook_bits_per_node"] == 8 * books.nbytes / 12
+  other = _pq(rng, 7, 4, 4)
+  export.save_export(str(tmp_path / "p.npz"), users, other)
+  z = np.load(tmp_path / "p.npz")
+  assert z["user_codebooks"].shape == z["item_codebooks"].shape == (4, 16, 3) and "codebooks" not in z.files
+  assert family.storage(users, other)["codebook_bytes"] == 2 * books.nbytes
+
+
+def test_float_users_with_product_code_items(tmp_path):
+  rng = np.random.default_rng(3)
+  users, items = rng.standard_normal((5, 12)).astype(np.float32), _pq(rng, 8, 6, 8)
+  export.save_export(str(tmp_path / "m.npz"), users, items)
+  z = np.load(tmp_path / "m.npz")
+  assert str(z["kind"]) == "pq" and "user_codes" not in z.files and z["user_embeddings"].dtype == np.float32
+  stored = family.storage(users, items)
+  assert stored["user_bits_per_node"] == 32 * 12 and stored["item_bits_per_node"] == 6 * 8
+  assert stored["bits_per_node"] == (5 * 32 * 12 + 8 * 6 * 8) / 13
+  with pytest.raises(UserError, match="float users with ProductCodes items"):
+    export.save_export(str(tmp_path / "x.npz"), items, users)  # coded users, float items: not a layout
+
+
+def test_scalar_export_records_its_kind(tmp_path):
+  rng = np.random.default_rng(4)
+  export.save_export(str(tmp_path / "q.npz"), quantize(rng.standard_normal((3, 5)), 2),
+                     quantize(rng.standard_normal((4, 5)), 2))
+  assert str(np.load(tmp_path / "q.npz")["kind"]) == "scalar"
 
 
 def test_8bit_row_scale_keys(tmp_path):
@@ -160,6 +214,13 @@ def _set(key, value):
 def _layered_arrays():
   rng = np.random.default_rng(3)
   return export.export_arrays(_layered(rng, 4), _layered(rng, 6))
+
+
+def _pq_arrays(shared=False, float_users=False):
+  rng = np.random.default_rng(5)
+  books = rng.standard_normal((4, 8, 2)).astype(np.float32)
+  users = rng.standard_normal((4, 8)).astype(np.float32) if float_users else _pq(rng, 4, 4, 3, 8, books)
+  return export.export_arrays(users, _pq(rng, 6, 4, 3, 8, books if shared else None))
 
 
 def _row8_arrays():
@@ -235,6 +296,39 @@ BAD = [  # name, arrays builder, message fragment (a regex)
      "user_codes_k of the layers differ in rows"),
     ("layers_without_version", lambda: _drop("format_version")(_layered_arrays()),
      "'layers' needs format_version 2"),
+    ("v3_without_kind", lambda: _drop("kind")(_layered_arrays()), "format_version 3 needs the key 'kind'"),
+    ("unknown_kind", lambda: _set("kind", np.asarray("opq"))(_pq_arrays()), "'kind' must be one of"),
+    ("kind_not_a_string", lambda: _set("kind", np.int32(3))(_pq_arrays()), "'kind' must be one of"),
+    ("pq_missing_codebooks", lambda: _drop("item_codebooks")(_pq_arrays()),
+     "product-code export is missing key\\(s\\) item_codebooks"),
+    ("pq_float_users_missing_codes", lambda: _drop("item_codes")(_pq_arrays(float_users=True)),
+     "float-user product-code export is missing key\\(s\\) item_codes"),
+    ("pq_bits_9", lambda: _set("bits", np.int32(9))(_pq_arrays()), "unsupported bits=9 for product codes"),
+    ("pq_code_out_of_range", lambda: _set("user_codes", np.full((4, 4), 8, np.uint8))(_pq_arrays()),
+     "user_codes of 3-bit product codes must lie in \\[0, 7\\], found 8..8"),
+    ("pq_codes_negative", lambda: _set("item_codes", -np.ones((6, 4), np.int16))(_pq_arrays()),
+     "item_codes of 3-bit product codes must lie in \\[0, 7\\]"),
+    ("pq_codes_float", lambda: _set("item_codes", np.zeros((6, 4), np.float32))(_pq_arrays()),
+     "item_codes must be integers, got dtype float32"),
+    ("pq_codebooks_wrong_k", lambda: _set("item_codebooks", np.zeros((4, 4, 2), np.float32))(_pq_arrays()),
+     "item_codebooks must have shape \\(M, 2\\^bits = 8, d / M\\), got \\(4, 4, 2\\)"),
+    ("pq_codebooks_2d", lambda: _set("item_codebooks", np.zeros((4, 8), np.float32))(_pq_arrays()),
+     "item_codebooks must have shape"),
+    ("pq_codebooks_nan", lambda: _set("codebooks", np.full((4, 8, 2), np.nan, np.float32))(_pq_arrays(shared=True)),
+     "codebooks contains NaN or infinite values"),
+    ("pq_codebooks_int", lambda: _set("user_codebooks", np.zeros((4, 8, 2), np.int32))(_pq_arrays()),
+     "user_codebooks must be floats"),
+    ("pq_codes_vs_subspaces", lambda: _set("item_codes", np.zeros((6, 3), np.uint8))(_pq_arrays()),
+     "item_codes has 3 columns but item_codebooks has M = 4 subspaces"),
+    ("pq_dims_differ", lambda: _set("user_codebooks", np.zeros((4, 8, 3), np.float32))(_pq_arrays()),
+     "user and item dimensions differ \\(12 vs 8\\)"),
+    ("pq_float_users_dims_differ", lambda: _set("user_embeddings", np.ones((4, 5), np.float32))(
+        _pq_arrays(float_users=True)), "user and item dimensions differ \\(5 vs 8\\)"),
+    ("pq_shared_and_own_codebooks", lambda: _set("user_codebooks", np.zeros((4, 8, 2), np.float32))(
+        _pq_arrays(shared=True)), "both codebooks \\(shared\\) and user_codebooks"),
+    ("scalar_with_float_users", lambda: _set("user_embeddings", np.ones((4, 5), np.float32))(
+        export.export_arrays(quantize(np.ones((4, 5)), 2), quantize(np.ones((6, 5)), 2))),
+     "user_embeddings \\(float users\\) go with kind 'pq' only"),
 ]
 
 

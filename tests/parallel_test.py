@@ -1,5 +1,6 @@
-"""hq_jax.parallel: mesh and shardings here (one device); the multi-device checks in a subprocess with 8
-simulated CPU devices (tests/parallel_worker.py), since this process has already initialised JAX with one."""
+"""hq_jax.parallel (mesh and shardings) and hq_jax.hqgnn.sharded (LightGCN's row-split propagation on that mesh):
+one-device checks here; the multi-device checks in a subprocess with 8 simulated CPU devices
+(tests/parallel_worker.py), since this process has already initialised JAX with one."""
 
 import json
 import os
@@ -17,6 +18,7 @@ from parallel_worker import toy_data
 from hq_jax import parallel
 from hq_jax.errors import UserError
 from hq_jax.hqgnn import graph as graph_lib
+from hq_jax.hqgnn import sharded as sharded_lib
 
 FLOAT_TOL = 1e-5  # float32 sums in another order
 
@@ -41,6 +43,16 @@ def worker(tmp_path_factory):
 # ----------------------------------------------------------------------------------------------------------
 # One device: mesh, padding, shardings, blocks.
 # ----------------------------------------------------------------------------------------------------------
+
+
+def test_parallel_imports_no_model_family():
+  """parallel.py is shared by both model families: it imports neither (LightGCN's propagation lives in
+  hqgnn/sharded.py, which imports parallel, not the other way round)."""
+  import ast
+  tree = ast.parse((REPO / "hq_jax" / "parallel.py").read_text())
+  imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+  imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+  assert not [m for m in imported if m and m.startswith(("hq_jax.hqgnn", "hq_jax.ctr"))], imported
 
 
 def test_default_mesh_works_on_one_device():
@@ -108,14 +120,14 @@ def _dense(rows, cols, weights, n):
   return a
 
 
-@pytest.mark.parametrize("exchange", parallel.EXCHANGES)
+@pytest.mark.parametrize("exchange", sharded_lib.EXCHANGES)
 @pytest.mark.parametrize("blocks, num_rows", [(1, 87), (2, 88), (8, 88), (4, 96)])
 def test_blocks_hold_exactly_the_rows_of_a_tilde(exchange, blocks, num_rows):
   """Each block, read back through its column map, is its slice of the dense A~ (padded rows empty)."""
   graph = graph_lib.bipartite_graph(toy_data(num_users=37, num_items=50))
   receivers, senders, weights = (np.asarray(x) for x in (graph.receivers, graph.senders, graph.edges))
   want = _dense(receivers, senders, weights, num_rows)
-  arrays = parallel.block_csr_arrays(receivers, senders, weights, num_rows, blocks, exchange)
+  arrays = sharded_lib.block_csr_arrays(receivers, senders, weights, num_rows, blocks, exchange)
   rows = num_rows // blocks
   for b in range(blocks):
     indptr = arrays["indptr"][b]
@@ -136,7 +148,7 @@ def test_blocks_hold_exactly_the_rows_of_a_tilde(exchange, blocks, num_rows):
 def test_one_block_equals_csr_aggregate_on_one_device():
   graph = graph_lib.bipartite_graph(toy_data(num_users=37, num_items=50))
   mesh = parallel.mesh_from_config(1, 1, devices=jax.devices()[:1])
-  sadj = parallel.sharded_csr_adjacency(graph, mesh)
+  sadj = sharded_lib.sharded_csr_adjacency(graph, mesh)
   h = jax.random.normal(jax.random.key(1), (87, 4))
   want = graph_lib.csr_aggregate(graph_lib.csr_adjacency(graph), h)
   np.testing.assert_allclose(np.asarray(graph_lib.make_aggregate(None, sadj, "csr")(h)), np.asarray(want),

@@ -25,6 +25,7 @@ from hq_jax.data.interactions import InteractionData, to_csr
 from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import lightgcn, train
 from hq_jax.hqgnn import model as model_lib
+from hq_jax.hqgnn import sharded as sharded_lib
 
 MESHES = ((8, 1), (1, 8), (4, 2), (1, 1))
 PROPAGATION_CASES = tuple((shape, "all_gather") for shape in MESHES) + (((4, 2), "needed"),)
@@ -80,7 +81,7 @@ def check_propagation() -> dict:
   for shape, exchange in PROPAGATION_CASES:
     mesh = mesh_of(shape)
     n_pad = parallel.padded_rows(n, mesh)
-    sadj = parallel.sharded_csr_adjacency(graph, mesh, num_rows=n_pad, exchange=exchange)
+    sadj = sharded_lib.sharded_csr_adjacency(graph, mesh, num_rows=n_pad, exchange=exchange)
     e = parallel.put(parallel.pad_rows(e0, n_pad), parallel.row_sharding(mesh))
     w = parallel.put(parallel.pad_rows(weights, n_pad), parallel.row_sharding(mesh))
     got_out, value, grad = sharded(e, w, sadj)
@@ -163,7 +164,7 @@ def train_sharded(data: InteractionData, mesh: jax.sharding.Mesh, bits: str = "n
   n = graph_lib.num_nodes(graph)
   n_rows = parallel.padded_rows(n, mesh)
   assert n_rows == n, "the real model holds U + I rows: the toy graph must divide (padding: check_padded)"
-  adjacency = parallel.sharded_csr_adjacency(graph, mesh, num_rows=n_rows)
+  adjacency = sharded_lib.sharded_csr_adjacency(graph, mesh, num_rows=n_rows)
   graphdef, tx, init, _, shardings = sharded_state(data, config, mesh, n_rows, adjacency)
   state = jax.jit(init, out_shardings=shardings)()
   params, opt_state = state["params"], state["opt_state"]
@@ -249,7 +250,7 @@ def check_padded() -> dict:
   for shape, multiple in (((4, 2), 16),):  # 87 nodes -> 96 rows
     mesh = mesh_of(shape)
     n_pad = parallel.padded_rows(n, mesh, multiple)
-    sadj = parallel.sharded_csr_adjacency(graph, mesh, num_rows=n_pad)
+    sadj = sharded_lib.sharded_csr_adjacency(graph, mesh, num_rows=n_pad)
 
     def init(n_pad=n_pad):
       table = parallel.pad_rows(e0, n_pad)
@@ -280,7 +281,7 @@ def check_checkpoint(workdir: str) -> dict:
   graph = graph_lib.bipartite_graph(data)
   n = graph_lib.num_nodes(graph)
   written_on = mesh_of((4, 2))
-  adjacency = parallel.sharded_csr_adjacency(graph, written_on)
+  adjacency = sharded_lib.sharded_csr_adjacency(graph, written_on)
   _, _, init, abstract, shardings = sharded_state(data, config, written_on, n, adjacency)
   state = jax.jit(init, out_shardings=shardings)()
   state["params"]["encoder"]["embedding"][...] = state["params"]["encoder"]["embedding"][...] + 1.0  # not init

@@ -4,6 +4,7 @@ import fractions
 
 import numpy as np
 
+from hq_jax.quant.pq import ProductCodes
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, exact_weights
 
 F = fractions.Fraction
@@ -27,14 +28,26 @@ def dequantized64(qm: QuantizedMatrix) -> np.ndarray:
   return np.float64(np.asarray(qm.offset)) + _scales64(qm) * np.asarray(qm.codes, np.float64)
 
 
-def float64_scores(user_rep, item_rep) -> np.ndarray:
-  """The float64 reference: sum_k w_k <x^_uk, x^_ik> from float64 dequantized rows (float reps: x itself).
+def pq_decoded(pc: ProductCodes) -> np.ndarray:
+  """Product codes decoded by plain NumPy: row r is the concatenation over m of codebooks[m][codes[r, m]]."""
+  codes, books = np.asarray(pc.codes, np.int64), np.asarray(pc.codebooks)
+  return np.concatenate([books[m][codes[:, m]] for m in range(books.shape[0])], axis=1)
 
-  Exact when scales and offsets are short dyadic numbers and the sums stay below 2^53 (as the dyadic tests
-  pick); otherwise float64 rounding, far below the gaps between distinct scores of random codes.
+
+def float_rows(rep) -> np.ndarray:
+  """The rows the float path scores: float embeddings themselves, or decoded product codes (float32)."""
+  return pq_decoded(rep) if isinstance(rep, ProductCodes) else np.asarray(rep, np.float32)
+
+
+def float64_scores(user_rep, item_rep) -> np.ndarray:
+  """The float64 reference: sum_k w_k <x^_uk, x^_ik> from float64 dequantized rows (float reps: x itself,
+  product codes: their decoded rows).
+
+  Exact when scales and offsets (codewords) are short dyadic numbers and the sums stay below 2^53 (as the
+  dyadic tests pick); otherwise float64 rounding, far below the gaps between distinct scores of random codes.
   """
   if not isinstance(user_rep, (QuantizedMatrix, LayeredQuantized)):
-    return np.asarray(user_rep, np.float64) @ np.asarray(item_rep, np.float64).T
+    return float_rows(user_rep).astype(np.float64) @ float_rows(item_rep).astype(np.float64).T
   (ul, weights), (il, _) = layers_of(user_rep), layers_of(item_rep)
   ws = [float(w) for w in (exact_weights(weights) if isinstance(user_rep, LayeredQuantized) else [1])]
   return sum(w * (dequantized64(qu) @ dequantized64(qi).T) for w, qu, qi in zip(ws, ul, il))

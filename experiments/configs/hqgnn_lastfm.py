@@ -64,6 +64,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.quant.rotation = "none"
   config.quant.itq_iterations = 50
   config.quant.init_num_std = 3.0  # initial range: mean -+ this many std of the initial embeddings
+  # Quantizer family: scalar (the keys above) or pq: product codes of the final embeddings (issue 22, ours):
+  # M subspaces of d / M dims, 2^b codewords each, M * b code bits per node; codebooks start from a k-means
+  # (seeded by `seed`) of the initial or init_from / pretrained embeddings. Estimator ste or gste.
+  config.quant.kind = "scalar"
+  config.quant.pq_subspaces = 8  # M (divides model.dim)
+  config.quant.pq_bits = 8  # b <= 8
+  config.quant.pq_codebooks = "separate"  # shared (one set for users and items) or separate (one per side)
+  config.quant.pq_update = "gradient"  # gradient (Adam on dL/dC) or ema (VQ-VAE's EMA k-means, arXiv 1711.00937)
+  config.quant.pq_learning_rate = 1e-3  # gradient: Adam lr of the codebooks
+  config.quant.pq_ema_decay = 0.99  # ema: decay of the moving averages per step
+  config.quant.pq_kmeans_iterations = 25  # Lloyd iterations of the initial k-means
+  # opq: rotate the trained start (init_from / pretrain_epochs) by OPQ's rotation (Ge et al., CVPR 2013)
+  config.quant.pq_rotation = "none"
+  config.quant.pq_opq_iterations = 20  # opq: alternations of Procrustes rotation and Lloyd steps
 
   # Ranking distillation from the train.init_from model's top-R items (ours, after BiGeaR). weight 0 = off.
   config.distill = ml_collections.ConfigDict()

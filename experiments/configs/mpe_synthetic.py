@@ -8,14 +8,14 @@ long tail.
 Command:
   python -m experiments.mpe --config=experiments/configs/mpe_synthetic.py --workdir=runs/mpe_synth_mpe \
       --config.method=mpe      # or fp, lsq, alpt, qr
-Measured (seed 0, 2-core shared CPU, 2026-11-23; all rows in results/mpe.md):
-  mpe (lambda 3e-2, this config): test AUC 0.7315, logloss 0.4946, 0.398 mean bits/feature (80.3x by
-    32/bits, 54.6x by bytes), 2 search + 2 retrain epochs (early-stopped), ~3 min wall.
-  mpe with lambda 1e-3 / 3e-3: 0.7332 / 0.7322 at 0.695 / 0.687 bits (46x by 32/bits).
-  fp: 0.7185 (fp with --config.train.l2=3e-6: 0.7191), ~1-2 min; lsq 6 bit 0.7176; alpt 0.7194; qr 0.7077.
-Sparse table updates (2026-11-30, results/scale.md): fp 0.7179 with dense Adam (re-measured), 0.7199 with
-  --config.train.table_optimizer=lazy_adam (best epoch 1; 0.7184 after 1 epoch, as dense's best), 0.7180 with
-  rowwise_adagrad at --config.train.table_learning_rate=1e-2.
+Measured (seed 0, AMD EPYC, 2 shared cores at load 15-24, 2026-12-07 UTC, after the MLP lost its
+zero-gradient biases before BatchNorm (issue 21); all rows in results/mpe.md):
+  mpe (lambda 3e-2, this config): test AUC 0.7326, logloss 0.4934, 0.320 mean bits/feature (99.9x by
+    32/bits, 63.0x by bytes), 2 search + 2 retrain epochs (early-stopped), ~7 min wall on the loaded machine.
+  mpe with lambda 1e-3 / 3e-3: 0.7311 / 0.7331 at 0.641 / 0.609 bits (50.0x / 52.5x by 32/bits).
+  fp: 0.7206 (~3.5 min; with --config.train.l2=3e-6: 0.7212); lsq 6 bit 0.7197; alpt 0.7198; qr 0.7110.
+  fp with --config.train.table_optimizer=lazy_adam: 0.7218; with rowwise_adagrad at
+  --config.train.table_learning_rate=1e-2: 0.7222 (results/scale.md).
 """
 
 from experiments.configs import mpe_default
@@ -29,7 +29,8 @@ def get_config():
   c.train.batch_size = 10_000
   c.train.max_epochs = 3
   c.train.patience = 1
-  # Ours (the spec gives none for synthetic data): 1e-3 and 3e-3 gave ~0.69 mean bits, 3e-2 gave 0.40 at
-  # a 0.0017 lower test AUC, still above fp's.
+  # Ours (the spec gives none for synthetic data): with the old model 1e-3 and 3e-3 gave ~0.69 mean bits, 3e-2
+  # gave 0.40 at a 0.0017 lower test AUC, still above fp's; now 1e-3 / 3e-3 / 3e-2 give 0.64 / 0.61 / 0.32
+  # bits at 0.7311 / 0.7331 / 0.7326, all ~0.012 above fp.
   c.mpe.lam = 3e-2
   return c

@@ -85,9 +85,11 @@ def main():
     step()
     times.append(time.perf_counter() - t)
   steps_per_epoch = -(-len(users) // args.batch_size)
-  print(json.dumps({"peer": "lightgcn-pytorch", "torch": torch.__version__, "device": str(dev), "median_step_s": float(np.median(times)),
-                    "steps_per_epoch": steps_per_epoch,
-                    "epoch_s_estimate": float(np.median(times)) * steps_per_epoch}))
+  # Runs in the peer's own Python (no hq_jax): strict JSON by hand (hq_jax.strict_json is the rule elsewhere).
+  report = {"peer": "lightgcn-pytorch", "torch": torch.__version__, "device": str(dev), "median_step_s": float(np.median(times)),
+            "steps_per_epoch": steps_per_epoch,
+            "epoch_s_estimate": float(np.median(times)) * steps_per_epoch}
+  print(json.dumps(report, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,20 @@ Config = ml_collections.ConfigDict
 
 
 def size_summary(num_features: int, dim: int, exact_bytes: int, mean_bits: float) -> dict:
-  """The spec's sizes: fp32 table bytes, exact stored bytes, mean bits per feature and both ratios."""
+  """The spec's sizes: fp32 table bytes, exact stored bytes, mean bits per feature and both ratios.
+
+  A ratio that cannot be a number (32 / 0 bits when every feature is pruned) is None, with
+  `<name>_reason` beside it saying why (results.json is strict JSON: no Infinity).
+  """
   fp32_bytes = num_features * dim * 4
-  return {"fp32_table_bytes": fp32_bytes, "exact_bytes": int(exact_bytes), "mean_bits_per_feature": mean_bits,
-          "compression_bits": 32.0 / mean_bits if mean_bits > 0 else float("inf"),
-          "compression_bytes": fp32_bytes / exact_bytes}
+  sizes = {"fp32_table_bytes": fp32_bytes, "exact_bytes": int(exact_bytes), "mean_bits_per_feature": mean_bits,
+           "compression_bits": 32.0 / mean_bits if mean_bits > 0 else None,
+           "compression_bytes": fp32_bytes / exact_bytes if exact_bytes > 0 else None}
+  if mean_bits <= 0:
+    sizes["compression_bits_reason"] = "every feature pruned (0 bits)"
+  if exact_bytes <= 0:
+    sizes["compression_bytes_reason"] = "nothing stored (0 bytes)"
+  return sizes
 
 
 def code_export(emb: models.Embedding, widths: np.ndarray, alphas: dict[int, float],
@@ -61,6 +70,10 @@ class Method:
   def next_phase(self, config: Config, embedding: nnx.Module, initial: nnx.Module) -> None:
     """Sets `embedding` (best point of the phase just finished) up for the next phase; `initial`: W0's."""
     raise NotImplementedError(f"{type(self).__name__} has a single phase")
+
+  def phase_warning(self, embedding: nnx.Module, field_offsets: np.ndarray, field_names=None) -> str | None:
+    """One line for the user about `embedding` as `next_phase` left it (e.g. everything pruned), or None."""
+    return None
 
   def epoch_record(self, embedding: nnx.Module, phase: str, mean_regularizer: float) -> dict:
     """Extra fields of an epoch's metrics.jsonl record."""
@@ -150,6 +163,10 @@ class MPE(Method):
       bits = mpe.select_bits_sampling(probs, config.seed, embedding.candidate_bits)
     embedding.table[...] = initial.table[...]
     embedding.group_bits[...] = jnp.asarray(bits, jnp.int32)
+
+  def phase_warning(self, embedding, field_offsets, field_names=None):
+    return mpe.pruning_warning(np.asarray(embedding.group_bits[...]), embedding.feature_bits(), field_offsets,
+                               field_names)
 
   def epoch_record(self, embedding, phase, mean_regularizer):
     if phase != "search":

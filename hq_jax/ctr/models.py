@@ -78,11 +78,18 @@ class Embedding(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """Hidden layers Linear -> BatchNorm -> ReLU (dropout 0, as in the spec); returns the last hidden layer."""
+  """Hidden layers Linear -> BatchNorm -> ReLU (dropout 0, as in the spec); returns the last hidden layer.
+
+  The Linear layers have no bias: BatchNorm subtracts the batch mean, so a bias before it has a true gradient
+  of exactly 0 and a computed one of rounding noise, which Adam (dividing by sqrt(v) + eps) turns into
+  learning-rate-sized steps that differ with every summation order (mesh shape, dense vs sparse updates).
+  Training would not see them, but eval mode, normalising by running means that trail them, would
+  (../shared/cases/ctr-mesh-changes-auc). BatchNorm's own offset is the layer's bias.
+  """
 
   def __init__(self, in_dim: int, hidden: Sequence[int], *, rngs: nnx.Rngs):
     dims = [in_dim, *hidden]
-    self.linears = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(dims)])
+    self.linears = nnx.List([nnx.Linear(a, b, use_bias=False, rngs=rngs) for a, b in itertools.pairwise(dims)])
     self.norms = nnx.List([nnx.BatchNorm(b, momentum=0.9, rngs=rngs) for b in dims[1:]])
     self.out_dim = dims[-1]
 

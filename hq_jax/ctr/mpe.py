@@ -113,6 +113,45 @@ def mean_bits_per_feature(bits_per_group: np.ndarray, group_of: np.ndarray) -> f
   return float(np.mean(np.asarray(bits_per_group)[np.asarray(group_of)]))
 
 
+def pruned_fields(feature_bits: np.ndarray, field_offsets: np.ndarray) -> np.ndarray:
+  """The fields every feature of which has width 0 (sorted int indices): they embed as zero vectors only.
+
+  Args:
+    feature_bits: (N,) the width of every feature.
+    field_offsets: (F + 1,) field f owns the ids [field_offsets[f], field_offsets[f + 1]).
+  """
+  field_offsets = np.asarray(field_offsets, np.int64)
+  kept_before = np.concatenate([[0], np.cumsum(np.asarray(feature_bits) > 0)])  # kept features below each id
+  kept = kept_before[field_offsets[1:]] - kept_before[field_offsets[:-1]]
+  return np.flatnonzero((kept == 0) & (field_offsets[1:] > field_offsets[:-1])).astype(np.int64)
+
+
+def pruning_warning(group_bits: np.ndarray, feature_bits: np.ndarray, field_offsets: np.ndarray,
+                    field_names=None) -> str | None:
+  """One line when the selected widths prune everything, or every feature of some fields; else None.
+
+  A pruned table still trains and evaluates (its fields embed as zero vectors; with all of them pruned the
+  model is a constant predictor: AUC 0.5), so this is a warning, not an error: lambda was too strong.
+
+  Args:
+    group_bits: (G,) the selected width of each group.
+    feature_bits: (N,) the width of every feature (`MixedPrecisionEmbedding.feature_bits`).
+    field_offsets: (F + 1,) the fields' id ranges.
+    field_names: optional F names, used instead of the field numbers.
+  """
+  group_bits = np.asarray(group_bits)
+  if not np.any(group_bits > 0):
+    return (f"all {group_bits.size} groups selected 0 bits: the embedding table is empty (the model predicts a "
+            "constant); lower mpe.lam")
+  fields = pruned_fields(feature_bits, field_offsets)
+  if fields.size == 0:
+    return None
+  names = [str(field_names[f]) if field_names is not None else str(f) for f in fields]
+  shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+  return (f"every feature of {len(names)} of {len(field_offsets) - 1} fields ({shown}) selected 0 bits: those "
+          "fields embed as zero vectors; lower mpe.lam to keep them")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Quantized forward passes on gathered rows.
 

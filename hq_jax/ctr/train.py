@@ -17,15 +17,17 @@ moments, lazy Adam's, row-wise Adagrad's accumulator), is row-sharded over 'mode
 'data'; everything else is replicated. The table is padded at the end to `table_rows(...)` rows (a multiple
 of `mesh.model`, or of `mesh.row_multiple`): zero rows no id indexes, whose gradient is exactly 0 and which
 every optimizer leaves at 0 (dense Adam's update is 0 / (0 + eps), the sparse ones never touch them), so a
-padded run trains like an unpadded one; they are dropped before the export. The state is created already
-sharded (`jax.jit(init, out_shardings=...)`), each step pins its outputs to the same layout, and a
-checkpoint restores onto whatever mesh the rerun has (`parallel.with_shardings`), provided the padded row
-count is the same (give `mesh.row_multiple`, e.g. 64, to move runs between mesh shapes). With one device
+padded run trains like an unpadded one; they are dropped before the export. The initial parameters are
+computed by one program on one device whatever the mesh (the same W0 to the bit: a quantizer would turn a
+1-ulp difference into flipped codes), then placed on the mesh; each step pins its outputs to the layout, and a
+checkpoint restores onto whatever mesh the rerun has (`parallel.with_shardings`; another padded row count:
+`RunDir.restore` adds or drops the zero padding rows). With one device
 and no padding nothing is sharded: the code path and results are those of a single-device run. The row
 gathers and scatters of a row-sharded table are left to XLA's SPMD partitioner (GSPMD).
 """
 
 import functools
+import sys
 import time
 
 import jax
@@ -297,14 +299,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   tx, table_opt = create_optimizer(config), create_table_optimizer(config)
 
   def init():
-    """The parameters (train mode) and optimizer state of `config.seed`, created on the mesh."""
+    """The parameters (train mode) and optimizer state of `config.seed` (their shapes give the shardings)."""
     model = make_model()
     _, params, rest = split_model(model, train=True)
     return {"params": params, "rest": rest, "opt_state": init_optimizer(model, tx, table_opt)}
 
-  shardings = parallel.state_shardings(jax.eval_shape(init), mesh, table_rows=num_rows) if on_mesh else None
-  initial_state = jax.jit(init, out_shardings=shardings)()
-  params, rest = initial_state["params"], initial_state["rest"]
+  # Row-sharded: the one row table and its optimizer state (qr has none: its two small tables are replicated).
+  shardings = (parallel.state_shardings(jax.eval_shape(init), mesh, table_rows=num_rows if method.row_table else ())
+               if on_mesh else None)
+  # W0 and the other initial parameters come from one program on one device, whatever the mesh: compiled for
+  # a sharded output, XLA computes the random normals and LSQ's initial step mean|W0| in other fusions and
+  # summation orders, 1 ulp apart, and a quantizer turns 1 ulp into flipped codes (LSQ test AUC 0.636 on 1 x 4
+  # against 0.638 on one device). The cost: the unpadded table once on one device at the start.
+  init_model = jax.jit(lambda: split_model(create_model(config, ds.num_features, ds.num_fields, counts),
+                                           train=True)[1:])
+
+  def initial_params():
+    """(params, rest) of `config.seed` in train mode, padded and placed on the mesh: the same values on any
+    mesh (MPE's retrain resets W to this W0 too)."""
+    with jax.default_device(jax.local_devices()[0]):
+      params, rest = init_model()
+    if not on_mesh:
+      return params, rest
+    model = pad_table(nnx.merge(graphdefs[phases[0], "train"], *jax.device_get((params, rest))), num_rows)
+    _, params, rest = split_model(model, train=True)
+    return parallel.put(params, shardings["params"]), parallel.put(rest, shardings["rest"])
+
+  params, rest = initial_params()
   step_shardings = (shardings["params"], shardings["rest"], shardings["opt_state"], replicated) if on_mesh else None
   train_steps = {p: make_train_step(graphdefs[p, "train"], tx, l2=float(config.train.l2),
                                     lam=method.regularizer_weight(config, p), table_opt=table_opt,
@@ -315,16 +336,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
                      out_shardings=shardings["opt_state"] if on_mesh else None)
 
   # ---- State (what a checkpoint holds); restored onto this mesh, whatever mesh wrote it.
-  state = {"params": params, "rest": rest, "opt_state": initial_state["opt_state"],
+  state = {"params": params, "rest": rest, "opt_state": init_opt(params, rest),
            "best_params": _copy(params), "best_rest": _copy(rest),
            "phase": np.int32(0), "epoch": np.int32(0), "step": np.int64(0),
            "best_auc": np.float64(-np.inf), "best_epoch": np.int32(-1), "bad_epochs": np.int32(0),
            "train_seconds": np.zeros(len(phases)), "epochs_done": np.zeros(len(phases), np.int32),
            "phase_best_auc": np.full(len(phases), np.nan)}
-  del initial_state
   # The device state restores with this mesh's shardings; host copies and counters as NumPy.
   restored = run.restore(dict(state, **{k: parallel.with_shardings(state[k], shardings[k])
-                                        for k in ("params", "rest", "opt_state")}) if on_mesh else state)
+                                        for k in ("params", "rest", "opt_state")}) if on_mesh else state,
+                         unpadded_rows=ds.num_features)  # another mesh's padding is restored too
   if restored is not None:
     state = restored
     print(f"resumed from step {int(state['step'])} (phase {phases[int(state['phase'])]}, "
@@ -392,8 +413,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
     # ---- Next phase (MPE: search -> retrain), set up by the method from the best point of this one, with a
     # fresh optimizer. Not checkpointed by itself: a run resumed here redoes this deterministic step.
     model = nnx.merge(graphdefs[phase, "train"], _copy(state["best_params"]), _copy(state["best_rest"]))
-    initial = pad_table(create_model(config, ds.num_features, ds.num_fields, counts), num_rows)
+    initial = nnx.merge(graphdefs[phases[0], "train"], *_copy(initial_params()))
     method.next_phase(config, model.embedding, initial.embedding)
+    warning = method.phase_warning(model.embedding, ds.field_offsets, ds.summary.get("field_names"))
+    if warning and jax.process_index() == 0:  # e.g. MPE's selection pruned every feature: lambda too strong
+      print(f"{config.method}: warning: {warning}", file=sys.stderr, flush=True)
     method.enter_phase(model.embedding, phases[phase_index + 1])
     _, params, rest = split_model(model, train=True)
     if on_mesh:

@@ -4,7 +4,14 @@ Format (as in the LightGCN / NGCF reference code): `train.txt` and `test.txt`, o
 `user item item ...`, whitespace separated, 0-based integer ids. A user line may list no items.
 
 The loader validates strictly: a token that is not a non-negative integer, or an empty file, stops with one
-`UserError` naming the file and line. Duplicate (user, item) pairs inside a split are dropped and counted.
+`UserError` naming the file and line. A leading UTF-8 byte-order mark is dropped. Duplicate (user, item)
+pairs inside a split are dropped and counted.
+
+Ids are table rows (the embedding table has one row per id 0..largest), so ids must be dense. Before
+anything of the id space's size is allocated, `check_dense_ids` refuses an id space (largest id + 1) that is
+larger than both `DENSE_ID_FLOOR` and `DENSE_ID_FACTOR` times the number of distinct ids the files hold
+(e.g. one raw database id of 2e9 among 1.9k users), naming the file, the line, the id and the limit; ids
+must also fit int32. The CTR libFM loader applies the same rule to feature ids.
 Users with no training items, and test items never seen in training, are kept and reported in `summary`.
 Interactions are returned in CSR form: `indptr` (num_users + 1,) and `indices` (nnz,), each user's items
 sorted ascending.
@@ -13,6 +20,7 @@ sorted ascending.
 import dataclasses
 import importlib.resources
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,6 +28,46 @@ from hq_jax.errors import UserError
 
 # The embedded default dataset, shipped as package data (see hq_jax/data/lastfm/README.md).
 LASTFM_DIR = "lastfm"
+
+# Ids are stored as int32: the largest id allowed.
+MAX_ID = 2**31 - 1
+# The dense-id rule (`check_dense_ids`): an id space up to DENSE_ID_FLOOR ids is always accepted (a table
+# of 4.2M rows of 64 float32 is 1 GiB), a larger one only if at most DENSE_ID_FACTOR times the number of
+# distinct ids seen (at least 1 in 16 rows used). Beyond that the ids are raw or hashed ids, not table rows.
+DENSE_ID_FLOOR = 1 << 22
+DENSE_ID_FACTOR = 16
+
+
+def dense_id_limit(distinct: int) -> int:
+  """The largest id space (largest id + 1) accepted for files holding `distinct` distinct ids."""
+  return min(MAX_ID + 1, max(DENSE_ID_FLOOR, DENSE_ID_FACTOR * int(distinct)))
+
+
+def check_dense_ids(ids: np.ndarray, what: str, where: Callable[[int], str], hint: str) -> int:
+  """Returns the id space (largest id + 1) of non-negative `ids`, or raises if it is not dense enough.
+
+  Args:
+    ids: every id of one kind (any integer dtype, any shape), already checked to be >= 0.
+    what: the kind of id, for the message ('user', 'item', 'feature').
+    where: the largest id -> 'path:line' of a line holding it (only called on the error path).
+    hint: the end of the message: what the user can do.
+
+  Raises:
+    UserError: `path:line: <what> id N implies a table of N + 1 rows, ...` naming the id, the distinct ids
+      and the limit (see `DENSE_ID_FLOOR`, `DENSE_ID_FACTOR`).
+  """
+  if ids.size == 0:
+    return 0
+  size = int(ids.max()) + 1
+  if size <= DENSE_ID_FLOOR:
+    return size
+  distinct = int(np.unique(ids).size)
+  limit = dense_id_limit(distinct)
+  if size > limit:
+    raise UserError(f"{where(size - 1)}: {what} id {size - 1} implies a table of {size:,} rows for {distinct:,} "
+                    f"distinct {what} ids (limit {limit:,}: the larger of {DENSE_ID_FLOOR:,} and "
+                    f"{DENSE_ID_FACTOR} x the distinct ids); ids are table rows and must be dense: {hint}")
+  return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +118,7 @@ def _parse_file(path: str) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"{path}: file not found")
   users, items = [], []
   nonempty = False
-  with open(path, "r", encoding="utf-8", errors="strict") as f:
+  with open(path, "r", encoding="utf-8-sig", errors="strict") as f:  # -sig: drops a byte-order mark
     try:
       for lineno, line in enumerate(f, start=1):
         tokens = line.split()
@@ -84,12 +132,12 @@ def _parse_file(path: str) -> tuple[np.ndarray, np.ndarray]:
           raise UserError(f"{path}:{lineno}: malformed token {bad!r} (expected a non-negative integer id)")
         except OverflowError:
           bad = next(t for t in tokens if abs(int(t)) >= 2**63)
-          raise UserError(f"{path}:{lineno}: id {bad} too large (must fit in int32)") from None
+          raise UserError(f"{path}:{lineno}: id {bad} too large (must fit in int32: at most {MAX_ID})") from None
         if (ids < 0).any():
           bad = int(ids[ids < 0][0])
           raise UserError(f"{path}:{lineno}: negative id {bad}")
-        if ids.max() >= 2**31:
-          raise UserError(f"{path}:{lineno}: id {int(ids.max())} too large (must fit in int32)")
+        if ids.max() > MAX_ID:
+          raise UserError(f"{path}:{lineno}: id {int(ids.max())} too large (must fit in int32: at most {MAX_ID})")
         users.append(np.full(len(ids) - 1, ids[0], dtype=np.int64))
         items.append(ids[1:])
     except UnicodeDecodeError as e:
@@ -97,6 +145,17 @@ def _parse_file(path: str) -> tuple[np.ndarray, np.ndarray]:
   if not nonempty:
     raise UserError(f"{path}: empty file (expected lines of 'user item item ...')")
   return np.concatenate(users), np.concatenate(items)
+
+
+def _line_of_id(paths, wanted: int, user: bool) -> str:
+  """'path:line' of the first line holding user (first token) or item id `wanted` (an error path)."""
+  for path in paths:
+    with open(path, encoding="utf-8-sig") as f:
+      for lineno, line in enumerate(f, start=1):
+        tokens = line.split()
+        if tokens and (int(tokens[0]) == wanted if user else wanted in map(int, tokens[1:])):
+          return f"{path}:{lineno}"
+  return str(paths[0])
 
 
 def _is_int(token: str) -> bool:
@@ -137,8 +196,11 @@ def load_lightgcn_dir(data_dir: str, name: str | None = None,
   test_path = os.path.join(data_dir, "test.txt")
   tr_u, tr_i = _parse_file(train_path)
   te_u, te_i = _parse_file(test_path)
-  seen_users = int(max(tr_u.max(initial=-1), te_u.max(initial=-1))) + 1
-  seen_items = int(max(tr_i.max(initial=-1), te_i.max(initial=-1))) + 1
+  hint = "remap them to 0..N-1"
+  seen_users = check_dense_ids(np.concatenate([tr_u, te_u]), "user",
+                               lambda u: _line_of_id((train_path, test_path), u, user=True), hint)
+  seen_items = check_dense_ids(np.concatenate([tr_i, te_i]), "item",
+                               lambda i: _line_of_id((train_path, test_path), i, user=False), hint)
   for what, given, seen in (("user", num_users, seen_users), ("item", num_items, seen_items)):
     if given is not None and seen > given:
       raise UserError(f"{data_dir}: {what} id {seen - 1} out of range (num_{what}s={given})")

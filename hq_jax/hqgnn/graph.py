@@ -148,14 +148,14 @@ def make_aggregate(graph: jraph.GraphsTuple, adj: CSRAdjacency | None,
   """The aggregation function for `kind`, closed over the graph arrays (pass them through jit as args).
 
   For 'csr', `adj` is a `CSRAdjacency`, or any adjacency with an `aggregate(h)` method (the sharded
-  `hq_jax.parallel.ShardedCSR`, with which `graph` is not read and may be None).
+  `hq_jax.hqgnn.sharded.ShardedCSR`, with which `graph` is not read and may be None).
   """
   if kind == "segment":
     return lambda h: segment_aggregate(graph, h)
   if kind == "csr":
     if adj is None:
       raise ValueError("csr aggregation needs the CSRAdjacency of the graph")
-    if not isinstance(adj, CSRAdjacency):  # e.g. `hq_jax.parallel.ShardedCSR`: A~ split by rows over a mesh
+    if not isinstance(adj, CSRAdjacency):  # e.g. `sharded.ShardedCSR`: A~ split by rows over a mesh
       return adj.aggregate
     return lambda h: csr_aggregate(adj, h)
   raise ValueError(f"unknown aggregation {kind!r} (expected 'segment' or 'csr')")

@@ -8,6 +8,9 @@ What is quantized (`ModelConfig.codes`):
   (K + 1, n, d) stack per side; score(u, i) = sum_k w_k <x^_uk, x^_ik> with w_k LightGCN's mean 1 / (K + 1)
   or BiGeaR's ((k + 1) / (K + 1))^2 (`hq_jax.quant.quantizer.layer_weights`).
 
+Product codes (`quant.kind = 'pq'`, issue 22) quantize the final embeddings only: `quantize()` gives one
+`hq_jax.quant.pq.ProductCodes` per side.
+
 Rows enter every loss through `flat_rows`, which multiplies layer k by sqrt(w_k) and concatenates the layers,
 so a plain inner product of flat rows is the score above and BPR / distillation are written once.
 
@@ -53,12 +56,20 @@ class ModelConfig:
       raise ValueError(f"unknown codes {self.codes!r} (expected one of {CODES})")
     if self.codes == "layerwise" and self.quant is None:
       raise ValueError("layerwise codes need a quantizer (bits)")
+    if self.is_pq and (self.codes != "final" or self.drop_user_scales):
+      raise ValueError("product codes quantize the final embeddings (codes = 'final') and have no row scales "
+                       "to drop")
     if self.drop_user_scales and (self.quant is None or self.quant.bits != 1 or self.quant.one_bit_scale != "row"
                                   or self.codes != "final"):
       raise ValueError("drop_user_scales needs 1-bit codes of the final embeddings with one scale per row "
                        "(bits = 1, one_bit_scale = 'row', codes = 'final'): layer-wise or b-bit codes need their "
                        "user scales for the ranking, and one scale per matrix has nothing to drop")
     quantizer.layer_weights(self.num_layers + 1, self.layer_weights)
+
+  @property
+  def is_pq(self) -> bool:
+    """Whether the representations are product codes."""
+    return self.quant is not None and self.quant.kind == "pq"
 
   @property
   def weights(self) -> tuple[float, ...] | None:
@@ -95,13 +106,14 @@ class HQGNN(nnx.Module):
     self.config = config
     self.encoder = lightgcn.LightGCN(config.num_users, config.num_items, config.dim, init_std=config.init_std,
                                      rngs=rngs, num_rows=config.num_rows)
-    self.quantizer = nnx.data(None)  # set by `init_quantizer`
+    self.quantizer = nnx.data(None)  # set by `init_quantizer`: EmbeddingQuantizer or ProductQuantizer
 
   def init_quantizer(self, graph, adjacency) -> None:
-    """Builds the quantizer, its ranges / scales set from the current (initial or warm-started) embeddings."""
+    """Builds the quantizer, its ranges / scales (or product-code codebooks, by k-means) set from the current
+    (initial or warm-started) embeddings."""
     if self.config.quant is not None:
       users, items = self.embeddings(graph, adjacency)
-      self.quantizer = quant_module.EmbeddingQuantizer(self.config.quant, users, items)
+      self.quantizer = quant_module.make_quantizer(self.config.quant, users, items)
 
   def rotate_encoder(self, rotation: jax.Array) -> None:
     """E0 <- E0 R for an orthogonal R (d, d): every layer and the final embeddings rotate by R (LightGCN is
@@ -124,19 +136,53 @@ class HQGNN(nnx.Module):
 
   def __call__(self, graph, adjacency, deltas: dict | None = None) -> tuple[jax.Array, jax.Array]:
     """What BPR scores: x^ (through the quantizer's estimator; `deltas` are the GSTE's) or float embeddings."""
+    return self.represent(graph, adjacency, deltas)[1]
+
+  def represent(self, graph, adjacency, deltas: dict | None = None):
+    """((users x, items x), (users x^, items x^)): the float representations and what BPR scores (x^ = x at
+    full precision)."""
     users, items = self.embeddings(graph, adjacency)
     if self.quantizer is None:
-      return users, items
+      return (users, items), (users, items)
     deltas = deltas or {}
-    return self.quantizer(users, items, deltas.get("users"), deltas.get("items"))
+    return (users, items), self.quantizer(users, items, deltas.get("users"), deltas.get("items"))
+
+  def scored_rows(self, graph, adjacency, triples: jax.Array, deltas: dict | None = None,
+                  weights: jax.Array | None = None):
+    """Product codes only: BPR's (users x^, positives x^, negatives x^), each (B, d), quantizing just the
+    distinct rows a batch scores (triples (B, 3): user, positive, negative), and those rows for the EMA
+    codebook update: ((users x (B, d), items x (2B, d)), their weights) with weight = how many weighted
+    (`weights`, 0 = padding) triples use the row, 0 for the filler rows that keep the shapes static.
+
+    Product codes code each row on its own, so x^ of the distinct gathered rows, gathered back, is the rows
+    of x^, and each distinct row gets the summed upstream gradient of its uses, as in the whole matrix (the
+    GSTE is not linear in g, so rows are deduplicated rather than quantized per use): the gradients equal
+    those of quantizing all U + I rows, for 3 B rows of encoding (LastFM: 6144 against 19,524).
+    Element-wise GSTE deltas are gathered with their rows.
+    """
+    users, items = self.embeddings(graph, adjacency)
+    deltas = deltas or {}
+    b = triples.shape[0]
+    w = jnp.ones((b,), jnp.float32) if weights is None else weights
+    uid, uinv = jnp.unique(triples[:, 0], size=b, return_inverse=True)
+    iid, iinv = jnp.unique(jnp.concatenate([triples[:, 1], triples[:, 2]]), size=2 * b, return_inverse=True)
+    uinv, iinv = uinv.reshape(-1), iinv.reshape(-1)
+    take = lambda d, ids: d[ids] if d is not None and jnp.ndim(d) == 2 else d
+    xu, xi = users[uid], items[iid]
+    hu, hi = self.quantizer(xu, xi, take(deltas.get("users"), uid), take(deltas.get("items"), iid))
+    uses_u = jax.ops.segment_sum(w, uinv, num_segments=b)
+    uses_i = jax.ops.segment_sum(jnp.concatenate([w, w]), iinv, num_segments=2 * b)
+    return (hu[uinv], hi[iinv[:b]], hi[iinv[b:]]), ((xu, xi), (uses_u, uses_i))
 
   def quantize(self, graph, adjacency):
     """What evaluation ranks and export.npz stores: integer codes (`QuantizedMatrix`, or `LayeredQuantized`
-    for layerwise codes) per side, or the float final embeddings of a full-precision model. With
+    for layerwise codes, or `pq.ProductCodes`) per side, or the float final embeddings of a full-precision model. With
     `drop_user_scales` the users' codes carry one unit scale (same ranking, fewer stored bits)."""
     users, items = self.embeddings(graph, adjacency)
     if self.quantizer is None:
       return users, items
+    if self.config.is_pq:
+      return self.quantizer.quantized(users, items)
     out = []
     for q, x in ((self.quantizer.users, users), (self.quantizer.items, items)):
       mats = q.quantized(x)

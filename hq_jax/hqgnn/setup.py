@@ -22,8 +22,10 @@ from hq_jax.data.interactions import InteractionData, load_dataset, validation_s
 from hq_jax.errors import UserError
 from hq_jax.hqgnn import graph as graph_lib
 from hq_jax.hqgnn import model as model_lib
+from hq_jax.hqgnn import sharded
 from hq_jax.quant import curvature
 from hq_jax.quant import module as quant_module
+from hq_jax.quant import pq
 from hq_jax.quant import rotation
 
 
@@ -61,6 +63,7 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
       quantizer_config(config) is None or not (config.train.init_from or config.train.pretrain_epochs)):
     raise UserError(f"config.quant.rotation={config.quant.rotation!r} rotates a trained encoder before it is "
                     "quantized: it needs quant.bits and config.train.init_from (or config.train.pretrain_epochs)")
+  _check_pq_config(config)
   if config.train.pretrain_epochs < 0:
     raise UserError(f"config.train.pretrain_epochs={config.train.pretrain_epochs} must be >= 0")
   evaluation.check_ks(config.eval.ks, data.num_items)
@@ -77,19 +80,62 @@ def validate_config(config: ml_collections.ConfigDict, data: InteractionData) ->
                     f"layer_weights={q.layer_weights!r}, drop_user_scales={q.drop_user_scales!r}): {e}") from None
 
 
+PQ_ROTATIONS = ("none", "opq")
+
+
+def _check_pq_config(config: ml_collections.ConfigDict) -> None:
+  """The product-code keys that `QuantizerConfig` cannot check: the rotation, and M dividing d."""
+  q = config.quant
+  if q.kind != "pq":
+    if q.pq_rotation != "none":
+      raise UserError(f"config.quant.pq_rotation={q.pq_rotation!r} needs config.quant.kind='pq'")
+    return
+  if q.pq_rotation not in PQ_ROTATIONS:
+    raise UserError(f"config.quant.pq_rotation={q.pq_rotation!r}: expected one of {PQ_ROTATIONS}")
+  if q.pq_rotation != "none" and not (config.train.init_from or config.train.pretrain_epochs):
+    raise UserError(f"config.quant.pq_rotation={q.pq_rotation!r} rotates a trained encoder before it is quantized: "
+                    "it needs config.train.init_from (or config.train.pretrain_epochs)")
+  if q.rotation != "none":
+    raise UserError(f"config.quant.rotation={q.rotation!r} is ITQ's, for sign codes; product codes take "
+                    "config.quant.pq_rotation")
+  if q.pq_learning_rate < 0:
+    raise UserError(f"config.quant.pq_learning_rate={q.pq_learning_rate} must be >= 0")
+  try:
+    pq.check_pq_shape(int(config.model.dim), int(q.pq_subspaces), int(q.pq_bits))
+  except ValueError as e:
+    raise UserError(f"config.quant.pq_subspaces={q.pq_subspaces}, pq_bits={q.pq_bits}: {e}") from None
+
+
 def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.QuantizerConfig | None:
-  """The quantizer of `config.quant`, or None for full precision (`quant.bits = 'none'`)."""
+  """The quantizer of `config.quant`, or None for full precision (`quant.bits = 'none'` and kind 'scalar')."""
   q = config.quant
   bits = str(q.bits).strip().lower()
+  if q.kind == "pq":
+    if bits not in ("none", "fp", "32", ""):
+      raise UserError(f"config.quant.bits={q.bits!r} is for scalar codes; product codes (quant.kind='pq') take "
+                      "config.quant.pq_subspaces and config.quant.pq_bits (leave quant.bits = none)")
+    try:
+      return quant_module.QuantizerConfig(
+          kind="pq", estimator=q.estimator, pq_subspaces=int(q.pq_subspaces), pq_bits=int(q.pq_bits),
+          pq_codebooks=q.pq_codebooks, pq_update=q.pq_update, pq_ema_decay=float(q.pq_ema_decay),
+          pq_kmeans_iterations=int(q.pq_kmeans_iterations), pq_seed=int(config.seed))
+    except ValueError as e:
+      raise UserError(f"config.quant (kind='pq', estimator={q.estimator!r}): {e}") from None
+  if q.kind != "scalar":
+    raise UserError(f"config.quant.kind={q.kind!r}: expected one of {quant_module.KINDS}")
   if bits in ("none", "fp", "32", ""):
     return None
+  supported = quant_module.quantizer.SUPPORTED_BITS
+  if not (bits.isdigit() and int(bits) in supported):
+    raise UserError(f"config.quant (bits={q.bits!r}): bits must be none (full precision) or one of "
+                    f"{', '.join(map(str, supported))}")
   try:
     return quant_module.QuantizerConfig(
         bits=int(bits), estimator=q.estimator, one_bit_scale=q.one_bit_scale, scale_bits=int(q.scale_bits),
         gaussian_a=q.gaussian_a, init_num_std=q.init_num_std)
   except ValueError as e:
-    raise UserError(f"config.quant (bits={q.bits!r}, estimator={q.estimator!r}): {e}; bits must be none, 1, 2, "
-                    "3, 4 or 8 and estimator ste, gste or gaussian") from None
+    hint = "; estimator must be ste, gste or gaussian" if "estimator" in str(e) else ""
+    raise UserError(f"config.quant (bits={q.bits!r}, estimator={q.estimator!r}): {e}{hint}") from None
 
 
 def delta_config(config: ml_collections.ConfigDict) -> curvature.DeltaConfig:
@@ -127,7 +173,7 @@ class Problem:
 
   data: InteractionData
   graph: Any  # jraph.GraphsTuple, or None when A~ is split over a mesh (not needed there)
-  adjacency: Any  # graph.CSRAdjacency, parallel.ShardedCSR, or None (segment aggregation)
+  adjacency: Any  # graph.CSRAdjacency, sharded.ShardedCSR, or None (segment aggregation)
   num_rows: int  # rows of E0: U + I, padded on a mesh (hq_jax.parallel's padding rule)
   mesh: jax.sharding.Mesh | None = None  # None: one device, nothing sharded
 
@@ -147,7 +193,7 @@ def create_problem(config: ml_collections.ConfigDict, data: InteractionData,
     if config.model.aggregation != "csr":
       raise UserError("config.model.aggregation='segment' runs on one device only; use 'csr' on a mesh")
     return Problem(data=data, graph=None, num_rows=num_rows, mesh=mesh,
-                   adjacency=parallel.sharded_csr_adjacency(graph, mesh, num_rows=num_rows))
+                   adjacency=sharded.sharded_csr_adjacency(graph, mesh, num_rows=num_rows))
   adjacency = graph_lib.csr_adjacency(graph) if config.model.aggregation == "csr" else None
   return Problem(data=data, graph=graph, adjacency=adjacency, num_rows=n)
 
@@ -188,11 +234,14 @@ def model_factory(config: ml_collections.ConfigDict, model_config: model_lib.Mod
   `out_shardings` (state created already sharded). The sampler still draws epoch e from (seed, e): with the
   source run's seed the first epochs replay its BPR triples (results/foundation.md); give it another seed.
   With `quant.rotation = 'itq'`, the loaded E0 is rotated by ITQ's rotation of its final embeddings
-  (`hq_jax.quant.rotation`; scores unchanged) before the quantizer is set from them."""
+  (`hq_jax.quant.rotation`; scores unchanged) before the quantizer is set from them; with product codes and
+  `quant.pq_rotation = 'opq'`, by OPQ's rotation (`pq.opq_rotation`). Product-code codebooks start from a
+  k-means of the (rotated) embeddings seeded by `config.seed`."""
   e0 = None
   if config.train.init_from:
     e0 = read_encoder(config.train.init_from, (model_config.num_users + model_config.num_items, model_config.dim))
   rotate = config.quant.rotation == "itq"
+  opq = config.quant.kind == "pq" and config.quant.pq_rotation == "opq"
 
   def make(graph, adjacency) -> model_lib.HQGNN:
     model = model_lib.HQGNN(model_config, rngs=nnx.Rngs(params=config.seed))
@@ -202,6 +251,13 @@ def model_factory(config: ml_collections.ConfigDict, model_config: model_lib.Mod
         users, items = model.final_embeddings(graph, adjacency)
         model.rotate_encoder(rotation.itq_rotation(jnp.concatenate([users, items]), jax.random.key(config.seed),
                                                    int(config.quant.itq_iterations)))
+      if opq:  # one R for both sides (scores unchanged), from users and items stacked
+        users, items = model.final_embeddings(graph, adjacency)
+        q = model_config.quant
+        r, _ = pq.opq_rotation(jnp.concatenate([users, items]), q.pq_subspaces, q.pq_bits,
+                               jax.random.key(config.seed), iterations=int(config.quant.pq_opq_iterations),
+                               kmeans_iterations=q.pq_kmeans_iterations)
+        model.rotate_encoder(r)
     model.init_quantizer(graph, adjacency)
     return model
 
@@ -235,12 +291,23 @@ def encoder_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: in
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """Adam on the encoder's parameters; Adam with `quant.range_learning_rate` on the `QuantParam`s (by type)."""
+  """Adam on the encoder's parameters; Adam with `quant.range_learning_rate` on the `QuantParam`s (by type),
+  with `quant.pq_learning_rate` on product-code codebooks learned by gradient; EMA codebooks and their
+  statistics (`EMAState`) are left to the trainer's EMA update."""
+  def label(v):
+    if isinstance(v, quant_module.CodebookParam):
+      return "codebook"
+    if isinstance(v, quant_module.EMAState):
+      return "ema"
+    return "quant" if isinstance(v, quant_module.QuantParam) else "encoder"
+
   def labels(params):
-    return jax.tree.map(lambda v: "quant" if isinstance(v, quant_module.QuantParam) else "encoder", params,
-                        is_leaf=lambda v: isinstance(v, nnx.Variable))
-  return optax.multi_transform({"encoder": optax.adam(encoder_learning_rate(config, steps_per_epoch)),
-                                "quant": optax.adam(config.quant.range_learning_rate)}, labels)
+    return jax.tree.map(label, params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+  transforms = {"encoder": optax.adam(encoder_learning_rate(config, steps_per_epoch)),
+                "quant": optax.adam(config.quant.range_learning_rate)}
+  if config.quant.kind == "pq":  # only then, so that scalar-code checkpoints keep their optimizer state's layout
+    transforms.update(codebook=optax.adam(config.quant.pq_learning_rate), ema=optax.set_to_zero())
+  return optax.multi_transform(transforms, labels)
 
 
 def model_name(c: model_lib.ModelConfig) -> str:
@@ -248,6 +315,9 @@ def model_name(c: model_lib.ModelConfig) -> str:
   if c.quant is None:
     return "lightgcn"
   q = c.quant
+  if q.kind == "pq":
+    return (f"hqgnn-pq{q.pq_subspaces}x{q.pq_bits}-{q.estimator}-{q.pq_codebooks}"
+            + ("-ema" if q.pq_update == "ema" else ""))
   name = f"hqgnn-{q.bits}bit-{q.estimator}"
   if q.bits == 1 and q.one_bit_scale == "row":
     name += f"-row{q.scale_bits}"

@@ -34,23 +34,32 @@ from hq_jax.hqgnn.setup import (EVAL_SPLITS, LR_SCHEDULES, Problem, create_model
                                 create_problem, delta_config, encoder_learning_rate, load_training_data,
                                 model_factory, model_name, quantizer_config, read_encoder, validate_config)
 from hq_jax.quant import curvature
+from hq_jax.quant import family
+from hq_jax.quant import pq
 from hq_jax.workdir import RunDir, device_description, now_iso, progress
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: int, decay: float,
-                    distill_weight: float, out_shardings=None):
+                    distill_weight: float, out_shardings=None, ema: bool = False):
   """The jitted `train_step(params, opt_state, deltas, batch, graph, adjacency) -> (params, opt_state, metrics)`.
 
   Loss = BPR of the representations + decay * L2 of the batch's E0 rows (+ distill_weight * distillation).
   `deltas` are the GSTE's (ignored by other estimators). `batch` as in `epoch_batches`, one step's slice.
   On a mesh, `out_shardings` pins the (params, opt_state, metrics) layouts so that no call recompiles.
+  `ema`: the model's product-code codebooks are EMA k-means state (`quant.pq_update = 'ema'`), updated after
+  each optimizer step from the rows that step encoded.
   """
   def loss_fn(params, deltas, batch, graph, adjacency):
     model = nnx.merge(graphdef, params)
-    users, items = model(graph, adjacency, deltas)
-    xhats = {"users": users, "items": items}
-    bpr = model_lib.bpr_of_representations(xhats, batch, model.config.weights)
     t = batch["triples"]
+    row_weights = None
+    if model.config.is_pq and not distill_weight:  # row-wise codes: encode only the batch's rows
+      scored, (xs, row_weights) = model.scored_rows(graph, adjacency, t, deltas, batch["weights"])
+      bpr = lightgcn.bpr_loss(*scored, batch["weights"])
+    else:
+      xs, (users, items) = model.represent(graph, adjacency, deltas)
+      xhats = {"users": users, "items": items}
+      bpr = model_lib.bpr_of_representations(xhats, batch, model.config.weights)
     e0 = model.encoder.embedding[...]
     reg = lightgcn.l2_regularizer(e0[t[:, 0]], e0[num_users + t[:, 1]], e0[num_users + t[:, 2]], batch["weights"])
     loss = bpr + decay * reg
@@ -58,6 +67,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: in
     if distill_weight:
       aux["distill"] = model_lib.distillation_loss(xhats, batch, model.config.weights)
       loss = loss + distill_weight * aux["distill"]
+    if ema:  # the rows this step encoded (the batch's, or all), for the EMA codebook update after it
+      aux["x"] = jax.lax.stop_gradient(xs)
+      if row_weights is not None:
+        aux["x_weights"] = row_weights
     return loss, aux
 
   @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=out_shardings)
@@ -65,6 +78,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_users: in
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, deltas, batch, graph, adjacency)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+    if ema:  # VQ-VAE: codebooks move by EMA k-means of the rows the forward pass encoded (not by the optimizer)
+      model = nnx.merge(graphdef, params)
+      model.quantizer.ema_update(*aux.pop("x"), *aux.pop("x_weights", (None, None)))
+      params = nnx.state(model)
     metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
     return params, opt_state, metrics
 
@@ -93,7 +110,9 @@ def initial_step_state(config: ml_collections.ConfigDict, data: InteractionData)
   graphdef, params = nnx.split(model)
   tx = create_optimizer(config)
   deltas = {"users": np.zeros((), np.float32), "items": np.zeros((), np.float32)}
-  step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay, distill_weight=0.0)
+  q = model.config.quant
+  step = make_train_step(graphdef, tx, num_users=data.num_users, decay=config.train.decay, distill_weight=0.0,
+                         ema=q is not None and q.kind == "pq" and q.pq_update == "ema")
   return StepState(problem, params, tx.init(params), deltas, step)
 
 
@@ -153,10 +172,23 @@ def gradient_change(x: jax.Array, xhat: jax.Array, delta: jax.Array) -> dict:
 
 
 def representation_bytes(users, items) -> int:
-  """Bytes of the stored user + item representation: bit-packed codes + float32 scalars, or float32."""
+  """Bytes of the stored user + item representation: bit-packed codes + float32 scalars (product codes:
+  codes + float32 codebooks, counted once when both sides share them), or float32."""
+  if isinstance(users, pq.ProductCodes):
+    return family.storage(users, items)["representation_bytes"]
   if hasattr(users, "nbytes_packed"):  # QuantizedMatrix or LayeredQuantized
     return users.nbytes_packed() + items.nbytes_packed()
   return 4 * (int(np.size(users)) + int(np.size(items)))
+
+
+def code_bits_per_node(users, items) -> dict:
+  """Product codes: {'bits_per_node': code bits per node (users and items), 'codebook_bits_per_node': the
+  codebooks' share, reported beside it}; {} for other representations (their bits per node count every
+  stored byte)."""
+  if not isinstance(users, pq.ProductCodes):
+    return {}
+  stored = family.storage(users, items)
+  return {k: stored[k] for k in ("bits_per_node", "codebook_bits_per_node")}
 
 
 def _log(msg: str) -> None:
@@ -168,7 +200,10 @@ RESULT_NEUTRAL_KEYS = ("train.log_every", "train.checkpoint_every", "train.stop_
                        "eval.batch_size", "mesh.data", "mesh.model")
 # Config keys added after runs were made, with the values that mean the behaviour from before them.
 ADDED_KEYS = {"mesh.row_multiple": 0, "train.warmup_epochs": 0, "quant.rotation": "none", "quant.itq_iterations": 50,
-              "quant.drop_user_scales": False}
+              "quant.drop_user_scales": False, "quant.kind": "scalar", "quant.pq_subspaces": 8, "quant.pq_bits": 8,
+              "quant.pq_codebooks": "separate", "quant.pq_update": "gradient", "quant.pq_learning_rate": 1e-3,
+              "quant.pq_ema_decay": 0.99, "quant.pq_kmeans_iterations": 25, "quant.pq_rotation": "none",
+              "quant.pq_opq_iterations": 20}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, extend: bool = False) -> dict:
@@ -241,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   uses_curvature = qconfig is not None and qconfig.estimator == "gste" and dconfig.mode != "fixed"
   train_step = make_train_step(
       graphdef, tx, num_users=data.num_users, decay=config.train.decay, distill_weight=float(config.distill.weight),
+      ema=qconfig is not None and qconfig.kind == "pq" and qconfig.pq_update == "ema",
       out_shardings=(shardings["params"], shardings["opt_state"], replicated) if on_mesh else None)
   curvature_loss = functools.partial(model_lib.bpr_of_representations, weights=model_config.weights)
   put_batch = ((lambda b: parallel.put(b, parallel.batch_sharding(mesh))) if on_mesh else (lambda b: b))
@@ -251,7 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   start_epoch, seconds_before = 0, np.zeros(2)
   abstract = jax.eval_shape(lambda: _checkpoint_state(params, opt_state, deltas, 0))
   restored = run.restore(parallel.with_shardings(
-      abstract, parallel.state_shardings(abstract, mesh, table_rows=problem.num_rows)))
+      abstract, parallel.state_shardings(abstract, mesh, table_rows=problem.num_rows)),
+      unpadded_rows=data.num_users + data.num_items)  # another mesh's padding is restored too
   if restored is not None:
     params, opt_state, deltas = restored["params"], restored["opt_state"], restored["deltas"]
     start_epoch, seconds_before = int(restored["epoch"]), np.asarray(restored["seconds"])
@@ -299,7 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
     train_time += dt
     done = epoch + 1
     if done % config.train.log_every == 0 or done == epochs:
-      extra = f"  delta {_mean_of(deltas)}" if uses_curvature else ""
+      # 4 significant digits for the eye; metrics.jsonl keeps the full floats.
+      extra = ("  delta " + " ".join(f"{k} {v:.4g}" for k, v in _mean_of(deltas).items())
+               if uses_curvature else "")
       extra += f"  distill {float(metrics['distill']):.5f}" if "distill" in metrics else ""
       _log(f"epoch {done}/{epochs}  loss {losses.mean():.5f}  bpr {float(metrics['bpr']):.5f}  "
            f"grad_norm {float(metrics['grad_norm']):.4f}  {dt:.2f} s/epoch{extra}")
@@ -334,11 +373,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, exten
   results = {
       "config": config.to_dict(),
       "dataset": data.summary,
-      "model": model_name(model_config) + ("-itq" if config.quant.rotation == "itq" else ""),
+      "model": model_name(model_config) + ("-itq" if config.quant.rotation == "itq" else "")
+               + ("-opq" if model_config.is_pq and config.quant.pq_rotation == "opq" else ""),
       "metrics": final,
       "representation_bytes": stored,
       "bits_per_node": 8 * stored / (data.num_users + data.num_items),
       "compression_ratio": 4 * (data.num_users + data.num_items) * config.model.dim / stored,
+      **code_bits_per_node(users, items),
       "epochs": epochs,
       "resumed_from_epoch": start_epoch,
       "train_seconds_this_run": train_time,
@@ -379,6 +420,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, ml_
     stage.quant.bits = "none"
     stage.quant.rotation = "none"
     stage.quant.drop_user_scales = False
+    stage.quant.kind = "scalar"
+    stage.quant.pq_rotation = "none"
     stage.distill.weight = 0.0
     stage.train.epochs = config.train.pretrain_epochs
     stage.train.pretrain_epochs = 0

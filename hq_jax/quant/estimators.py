@@ -29,6 +29,14 @@ Support and the gradients of the quantizer's own parameters:
   range trade clipping error against rounding error. The GSTE changes only dL/dx, never the range
   gradients.
 
+Product codes (`hq_jax.quant.pq`, ours; issue 22): x^ = decode(encode(x, C), C), each sub-vector replaced by
+its nearest codeword. The rules for x are the same STE (g everywhere: every row has a nearest codeword, so
+there is no clipping range) and GSTE, with x - x^ the codeword residual and delta from the same curvature
+rule (`hq_jax.quant.curvature`, taken of the loss as a function of x^). The codebooks' gradient is exact:
+x^ copies codeword (m, k) into every row that chose it, so dL/dC[m, k] = sum of g over those rows
+(`pq.codebook_grad`); the GSTE changes only dL/dx. With EMA codebooks (`pq.ema_codebooks`) the caller
+stops this gradient and updates them outside the optimizer.
+
 Each rule is a `jax.custom_vjp` (a tiny decorated function plus module-level `_fwd` / `_bwd`), with the
 static settings (bits, clip) in `nondiff_argnums`. `fake_quant` is the single entry point that picks one.
 Forward-mode autodiff (jvp, hessian) does not go through a custom_vjp: take curvature of the loss as a
@@ -41,6 +49,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hq_jax.quant import pq
 from hq_jax.quant import quantizer
 
 Estimator = Literal["ste", "gste", "gaussian"]
@@ -241,6 +250,80 @@ def _gste_uniform_bwd(bits, residuals, g):
 
 
 gste_uniform.defvjp(_gste_uniform_fwd, _gste_uniform_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Product codes: x^ = decode(encode(x, C), C)
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _ProductResiduals(NamedTuple):
+  x: jax.Array  # the input (n, d)
+  codes: jax.Array  # (n, M) uint8, the chosen codewords
+  xhat: jax.Array  # the decoded rows, for the GSTE's codeword residual x - x^
+  codebooks: jax.Array  # (M, K, d / M), for K and the dtype of its cotangent
+
+
+def _pq_forward(x, codebooks):
+  codes = pq.encode(x, codebooks)
+  return pq.decode(codes, codebooks).astype(x.dtype), codes
+
+
+def _codebook_cotangent(res: _ProductResiduals, g):
+  return pq.codebook_grad(g, res.codes, res.codebooks.shape[1]).astype(res.codebooks.dtype)
+
+
+@jax.custom_vjp
+def ste_pq(x: jax.Array, codebooks: jax.Array) -> jax.Array:
+  """x^ = decode(encode(x, C), C) with the STE: dL/dx = g, dL/dC = `pq.codebook_grad` (exact)."""
+  return _pq_forward(x, codebooks)[0]
+
+
+def _ste_pq_fwd(x, codebooks):
+  """Forward pass; keeps x, the codes, x^ and the codebooks."""
+  xhat, codes = _pq_forward(x, codebooks)
+  return xhat, _ProductResiduals(x=x, codes=codes, xhat=xhat, codebooks=codebooks)
+
+
+def _ste_pq_bwd(res: _ProductResiduals, g):
+  """dL/dx = g; dL/dC = the sum of g over the rows that chose each codeword."""
+  return g, _codebook_cotangent(res, g)
+
+
+ste_pq.defvjp(_ste_pq_fwd, _ste_pq_bwd)
+
+
+@jax.custom_vjp
+def gste_pq(x: jax.Array, codebooks: jax.Array, delta: jax.Array) -> jax.Array:
+  """x^ = decode(encode(x, C), C) with the GSTE: dL/dx = g (1 + delta sign(g) (x - x^)), dL/dC as the STE's."""
+  return _pq_forward(x, codebooks)[0]
+
+
+def _gste_pq_fwd(x, codebooks, delta):
+  """Forward pass; keeps x, the codes, x^, the codebooks and delta."""
+  xhat, codes = _pq_forward(x, codebooks)
+  return xhat, (_ProductResiduals(x=x, codes=codes, xhat=xhat, codebooks=codebooks), delta)
+
+
+def _gste_pq_bwd(residuals, g):
+  """`gste_grad` with the codeword residual for x, the STE's codebook gradient, a zero cotangent for delta."""
+  res, delta = residuals
+  return gste_grad(g, res.x, res.xhat, delta), _codebook_cotangent(res, g), jnp.zeros_like(delta)
+
+
+gste_pq.defvjp(_gste_pq_fwd, _gste_pq_bwd)
+
+
+def fake_quant_pq(x: jax.Array, codebooks: jax.Array, delta: jax.Array | None = None, *,
+                  estimator: Estimator = "ste") -> jax.Array:
+  """Product-code quantize-dequantize of x (n, d) with codebooks (M, K, d / M): forward exactly
+  `pq.decode(pq.encode(x, C), C)`, backward the STE or the GSTE (delta None = 0; scalar or x's shape)."""
+  if estimator == "ste":
+    return ste_pq(x, codebooks)
+  if estimator == "gste":
+    delta = jnp.zeros((), x.dtype) if delta is None else jnp.asarray(delta, x.dtype)
+    return gste_pq(x, codebooks, delta)
+  raise ValueError(f"product codes take the ste or gste estimator, got {estimator!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------

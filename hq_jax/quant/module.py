@@ -6,6 +6,12 @@ own parameters), and calls `fake_quant` (training) / `quantizer.quantize` (integ
 are `QuantParam`s, a subclass of `nnx.Param`, so a trainer gives them their own (small) learning rate by
 filtering on the type (`nnx.All(nnx.Param, nnx.Not(QuantParam))` vs `QuantParam`).
 
+Product codes (`config.kind = 'pq'`, issue 22): `ProductQuantizer` owns the codebooks of both sides, one
+stack (S, M, K, d / M) with S = 1 (shared by users and items) or 2 (users, items), initialised by seeded
+k-means of the initial (or warm-started) embeddings. Learned by gradient (`CodebookParam`, a `QuantParam`
+with its own learning rate) or by VQ-VAE's EMA k-means updates (`EMAState`: not touched by the optimizer;
+the trainer calls `ema_update` after each step).
+
 Shapes: x is (n, d) or (L, n, d). The 1-bit scale is () / (L, 1, 1) per matrix, or (n, 1) / (L, n, 1) per
 row; the range ends are () / (L, 1, 1).
 """
@@ -17,7 +23,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hq_jax.quant import estimators
+from hq_jax.quant import pq
 from hq_jax.quant import quantizer
+
+KINDS = ("scalar", "pq")
+PQ_CODEBOOKS = ("shared", "separate")
+PQ_UPDATES = ("gradient", "ema")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,8 +42,21 @@ class QuantizerConfig:
   one_bit_clip: float | None = None  # bits == 1: zero dL/dx where |x| > this (None: never)
   gaussian_a: float = 1.0  # estimator 'gaussian': BiGeaR's norm_a
   init_num_std: float = 3.0  # bits >= 2: initial range mean -+ this many std of the initial embeddings
+  kind: str = "scalar"  # 'scalar' (the fields above) or 'pq' (product codes, the pq_ fields; bits unused)
+  pq_subspaces: int = 8  # M: subspaces of d / M dimensions (M divides d)
+  pq_bits: int = 8  # b <= 8: 2^b codewords per subspace, so M * b code bits per row
+  pq_codebooks: str = "separate"  # 'shared' by users and items, or 'separate' (one set per side)
+  pq_update: str = "gradient"  # codebooks by 'gradient' (dL/dC through x^) or 'ema' (VQ-VAE's EMA k-means)
+  pq_ema_decay: float = 0.99  # 'ema': the moving averages' decay per training step
+  pq_kmeans_iterations: int = 25  # Lloyd iterations of the k-means initialisation
+  pq_seed: int = 0  # k-means initialisation: the rows it starts from are drawn from this seed
 
   def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"unknown quantizer kind {self.kind!r} (expected one of {KINDS})")
+    if self.kind == "pq":
+      self._check_pq()
+      return
     quantizer.check_bits(self.bits)
     if self.estimator not in estimators.ESTIMATORS:
       raise ValueError(f"unknown estimator {self.estimator!r}")
@@ -48,11 +72,36 @@ class QuantizerConfig:
       raise ValueError("one_bit_clip applies to bits == 1 only")
 
 
+  def _check_pq(self):
+    if self.estimator not in ("ste", "gste"):
+      raise ValueError(f"product codes take the ste or gste estimator, got {self.estimator!r}")
+    if not 1 <= self.pq_bits <= pq.MAX_PQ_BITS:
+      raise ValueError(f"pq_bits must be in 1..{pq.MAX_PQ_BITS}, got {self.pq_bits}")
+    if self.pq_subspaces < 1:
+      raise ValueError(f"pq_subspaces must be >= 1, got {self.pq_subspaces}")
+    if self.pq_codebooks not in PQ_CODEBOOKS:
+      raise ValueError(f"pq_codebooks must be one of {PQ_CODEBOOKS}, got {self.pq_codebooks!r}")
+    if self.pq_update not in PQ_UPDATES:
+      raise ValueError(f"pq_update must be one of {PQ_UPDATES}, got {self.pq_update!r}")
+    if not 0.0 <= self.pq_ema_decay < 1.0:
+      raise ValueError(f"pq_ema_decay must be in [0, 1), got {self.pq_ema_decay}")
+    if self.pq_kmeans_iterations < 0:
+      raise ValueError(f"pq_kmeans_iterations must be >= 0, got {self.pq_kmeans_iterations}")
+
+
 MIN_SCALE = 1e-12  # floor of |s| for the 1-bit scale
 
 
 class QuantParam(nnx.Param):
   """A quantizer parameter (range end or 1-bit scale); its own type so it can get its own learning rate."""
+
+
+class CodebookParam(QuantParam):
+  """Product-code codebooks learned by gradient; their own type for their own learning rate."""
+
+
+class EMAState(nnx.Variable):
+  """Product-code codebooks and statistics set by EMA k-means updates: no gradient, no optimizer."""
 
 
 def _init_qparams(x0: jax.Array, config: QuantizerConfig) -> estimators.QParams:
@@ -120,3 +169,76 @@ class EmbeddingQuantizer(nnx.Module):
                delta_items: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(users x^, items x^); the deltas are the GSTE's (scalar or the matrix's shape; None = 0)."""
     return self.users(users_x, delta_users), self.items(items_x, delta_items)
+
+
+class ProductQuantizer(nnx.Module):
+  """Product codes of the user and item representations (final embeddings, (U, d) and (I, d)).
+
+  `codebooks`: (S, M, 2^b, d / M), S = 1 (shared: one k-means of users and items stacked) or 2 (users, items,
+  each its own k-means); with `pq_update = 'ema'` also `ema_counts` (S, M, K) and `ema_sums` (S, M, K, d / M),
+  started consistent with the k-means result (counts = rows per codeword, sums = codeword * count).
+  """
+
+  def __init__(self, config: QuantizerConfig, users_x0: jax.Array, items_x0: jax.Array):
+    self.config = c = config
+    users_x0, items_x0 = jnp.asarray(users_x0, jnp.float32), jnp.asarray(items_x0, jnp.float32)
+    pq.check_pq_shape(users_x0.shape[-1], c.pq_subspaces, c.pq_bits)
+    key = jax.random.key(c.pq_seed)
+    sides = [jnp.concatenate([users_x0, items_x0])] if c.pq_codebooks == "shared" else [users_x0, items_x0]
+    books = jnp.stack([pq.init_codebooks(x, c.pq_subspaces, c.pq_bits, jax.random.fold_in(key, s),
+                                         c.pq_kmeans_iterations) for s, x in enumerate(sides)])
+    if c.pq_update == "gradient":
+      self.codebooks = CodebookParam(books)
+      return
+    self.codebooks = EMAState(books)
+    k = 1 << c.pq_bits
+    counts = jnp.stack([pq.codeword_counts(pq.encode(x, b), k) for x, b in zip(sides, books)])
+    self.ema_counts = EMAState(counts)
+    self.ema_sums = EMAState(books * counts[..., None])
+
+  def side_codebooks(self, side: int) -> jax.Array:
+    """(M, K, d / M) codebooks of side 0 (users) or 1 (items)."""
+    books = self.codebooks[...]
+    return books[min(side, books.shape[0] - 1)]
+
+  def __call__(self, users_x: jax.Array, items_x: jax.Array, delta_users: jax.Array | None = None,
+               delta_items: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(users x^, items x^) by `estimators.fake_quant_pq`; EMA codebooks get no gradient."""
+    out = []
+    for side, (x, delta) in enumerate(((users_x, delta_users), (items_x, delta_items))):
+      books = self.side_codebooks(side)
+      if self.config.pq_update == "ema":
+        books = jax.lax.stop_gradient(books)
+      out.append(estimators.fake_quant_pq(x, books, delta, estimator=self.config.estimator))
+    return out[0], out[1]
+
+  def quantized(self, users_x: jax.Array, items_x: jax.Array) -> tuple[pq.ProductCodes, pq.ProductCodes]:
+    """The stored codes of both sides (`pq.ProductCodes`; with shared codebooks both hold the same ones)."""
+    return tuple(pq.quantize(x, self.side_codebooks(side), self.config.pq_bits)
+                 for side, x in enumerate((users_x, items_x)))
+
+  def ema_update(self, users_x: jax.Array, items_x: jax.Array, user_weights: jax.Array | None = None,
+                 item_weights: jax.Array | None = None) -> None:
+    """One `pq.ema_codebooks` step per codebook set from rows (all, or a batch's: VQ-VAE's mini-batch
+    update) encoded with the current codebooks; rows of weight 0 (padding) do not count."""
+    c = self.config
+    ones = lambda x: jnp.ones((x.shape[0],), jnp.float32)
+    wu = ones(users_x) if user_weights is None else user_weights
+    wi = ones(items_x) if item_weights is None else item_weights
+    if c.pq_codebooks == "shared":
+      sides = [(jnp.concatenate([users_x, items_x]), jnp.concatenate([wu, wi]))]
+    else:
+      sides = [(users_x, wu), (items_x, wi)]
+    books, counts, sums = self.codebooks[...], self.ema_counts[...], self.ema_sums[...]
+    new = [pq.ema_codebooks(x, pq.encode(x, books[s]), counts[s], sums[s], decay=c.pq_ema_decay, weights=w)
+           for s, (x, w) in enumerate(sides)]
+    self.codebooks[...] = jnp.stack([n[0] for n in new])
+    self.ema_counts[...] = jnp.stack([n[1] for n in new])
+    self.ema_sums[...] = jnp.stack([n[2] for n in new])
+
+
+def make_quantizer(config: QuantizerConfig, users_x0: jax.Array, items_x0: jax.Array):
+  """The quantizer of `config.kind`: `EmbeddingQuantizer` (scalar codes) or `ProductQuantizer`."""
+  if config.kind == "pq":
+    return ProductQuantizer(config, users_x0, items_x0)
+  return EmbeddingQuantizer(config, users_x0, items_x0)

@@ -1,5 +1,6 @@
 """Retrieval from quantized embeddings: packing, exact integer ranking keys, blocked top-K, index, sharded
-search.
+search. Every representation family (`hq_jax.quant.family`: float rows, scalar and layer-wise codes,
+product codes) goes through the same search; `scoring` says how each is ranked.
 
 Typical use:
   from hq_jax.export import load_export
@@ -7,7 +8,7 @@ Typical use:
   scores, items = topk(user_rep, item_rep, data.train.indptr, data.train.indices, users, k=20)
 """
 
-from hq_jax.retrieval.index import PackedLayer, QuantizedIndex
+from hq_jax.retrieval.index import PackedLayer, ProductLayer, QuantizedIndex
 from hq_jax.retrieval.packing import pack_codes, packed_nbytes, unpack_codes, words_per_row
 from hq_jax.retrieval.scoring import (ItemTable, KeySpec, UserRows, dequantized_scores, prepare_items, prepare_users,
                                       ranking_scores)
@@ -18,6 +19,7 @@ __all__ = [
     "ItemTable",
     "KeySpec",
     "PackedLayer",
+    "ProductLayer",
     "QuantizedIndex",
     "UserRows",
     "dequantized_scores",

@@ -36,7 +36,7 @@ JAX_METHODS = {  # name -> (bits, scoring method, representation: see `represent
     "8bit_int_matmul": (8, "int_matmul", "matrix"),
     "8bit_int8": (8, "int8", "matrix"),
 }
-EXPORT_METHOD = "export"  # the export's own codes (a quantized --export), method "auto"
+EXPORT_METHOD = "export"  # the export's own codes (a coded --export, any family), method "auto"
 
 
 def representations(x: np.ndarray, bits: int, form: str):
@@ -52,7 +52,11 @@ def representations(x: np.ndarray, bits: int, form: str):
   if form == "layers4_row8":
     return quantizer.quantize_layers(np.array_split(x, 4, axis=1), bits, scale_mode="row", scale_bits=8)
   raise ValueError(form)
-FAISS_METHODS = ("faiss_flat_ip", "faiss_binary_flat", "faiss_sq8", "faiss_sq4")
+FAISS_METHODS = ("faiss_flat_ip", "faiss_binary_flat", "faiss_sq8", "faiss_sq4", "faiss_pq8x8", "faiss_pq16x4_fastscan")
+# FAISS product-code indexes: name -> (M subspaces, bits per code, fast-scan layout). 8 x 8 bits = 64 bits per
+# item (IndexPQ, exhaustive ADC with a per-query lookup table); 16 x 4 bits = 64 bits per item in the
+# SIMD fast-scan layout (IndexPQFastScan, 4-bit lookup tables held in registers). Both need M | d.
+FAISS_PQ = {"faiss_pq8x8": (8, 8, False), "faiss_pq16x4_fastscan": (16, 4, True)}
 
 
 def timed_runs(fn, repeats: int) -> dict:
@@ -130,7 +134,7 @@ def run_jax_method(w: Workload, name: str, *, batch_users: int | None, block_ite
   batch_users = backend.tunings().batch_users if batch_users is None else batch_users
   if name == EXPORT_METHOD:
     ur, ir, method = w.user_rep, w.item_rep, "auto"
-    bits = scoring.rep_bits(ur)
+    bits = scoring.rep_bits(ir)  # the item side's codes (users may be float)
   else:
     bits, method, form = JAX_METHODS[name]
     ur, ir = representations(w.user_emb, bits, form), representations(w.item_emb, bits, form)
@@ -159,6 +163,9 @@ def run_jax_method(w: Workload, name: str, *, batch_users: int | None, block_ite
 def run_faiss_method(w: Workload, name: str, *, repeats: int, threads: int) -> dict:
   """One FAISS index over the same float vectors: time the plain top-K search, then filter exclusions.
 
+  The product-code indexes (`FAISS_PQ`) are trained (k-means) on the items and code the items only, the
+  queries staying float: FAISS's "items coded, users float" layout.
+
   FAISS cannot exclude per-user items, so the timed search is plain top-K (what the issue's targets
   measure) and a second, untimed-for-ratios search for K + (most excluded items of a query user) gives the
   excluded-filtered lists that recall is computed on.
@@ -177,6 +184,14 @@ def run_faiss_method(w: Workload, name: str, *, repeats: int, threads: int) -> d
     queries = np.packbits(queries >= 0, axis=1)
   elif name == "faiss_flat_ip":
     index = faiss.IndexFlatIP(d)
+    index.add(np.ascontiguousarray(w.item_emb))
+  elif name in FAISS_PQ:
+    m, nbits, fast_scan = FAISS_PQ[name]
+    if d % m:
+      raise UserError(f"faiss {name} needs d divisible by M = {m}, got {d}")
+    kind = faiss.IndexPQFastScan if fast_scan else faiss.IndexPQ
+    index = kind(d, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(w.item_emb))
     index.add(np.ascontiguousarray(w.item_emb))
   else:
     qtype = {"faiss_sq8": faiss.ScalarQuantizer.QT_8bit, "faiss_sq4": faiss.ScalarQuantizer.QT_4bit}[name]

@@ -2,16 +2,21 @@
 
 What it stores is exactly what a search needs to read: per layer (one for a `QuantizedMatrix`, K + 1 for
 `LayeredQuantized` codes) the packed item codes (uint32 words, see `packing`), the item scale (float32, or
-the uint8 codes, minimum and step of `ScaleCodes`) and the item offset, plus the layer weights. `nbytes` is
-that byte count; the file adds a small header.
+the uint8 codes, minimum and step of `ScaleCodes`) and the item offset, plus the layer weights; for
+`ProductCodes`, one layer of the uint8 codes (n, M) (one byte a code, whatever the bits: b = 8 is the
+packed size) and the float32 codebooks (M, 2^b, d / M). `nbytes` is that byte count; the file adds a small
+header. Which layers a representation has is chosen by its family (`hq_jax.quant.family`), and searching
+the index's `to_rep()` ranks it as its family ranks (`hq_jax.retrieval.scoring`).
 
 File format (little-endian, no pickle):
   magic b"HQJAXIDX" | version u32 | header length u32 | header (UTF-8 JSON) | payload (the raw arrays, in
   header order) | SHA-256 of everything before it (32 bytes).
-  Version 2 header: {"num_items": n, "weights": [w_0, ...] or null (one matrix), "layers": [{"bits", "dim",
-  "arrays": {name: {"dtype", "shape", "offset", "nbytes"}}}, ...]}; each layer's arrays are `words`
-  (<u4), `offset` (<f4), and `scale` (<f4) or `scale_codes` (|u1), `scale_min` and `scale_step` (<f4);
-  array offsets count from the start of the payload.
+  Version 3 header: {"num_items": n, "weights": [w_0, ...] or null (one matrix), "layers": [{"kind", "bits",
+  "dim", "arrays": {name: {"dtype", "shape", "offset", "nbytes"}}}, ...]}; a "scalar" layer's arrays are
+  `words` (<u4), `offset` (<f4), and `scale` (<f4) or `scale_codes` (|u1), `scale_min` and `scale_step`
+  (<f4); a "pq" layer's are `codes` (|u1, (n, M)) and `codebooks` (<f4, (M, 2^bits, dim / M)); array
+  offsets count from the start of the payload.
+  Version 2 (still read): the same without "kind" (every layer "scalar").
   Version 1 (still read): {"bits", "dim", "num_items", "arrays": {"words", "scale", "offset"}}, one matrix
   (its scalars were stored with shape (1,)).
 A file whose digest does not match, or that is truncated or malformed, raises a `UserError` naming it.
@@ -27,15 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from hq_jax import export as export_lib
+from hq_jax import strict_json
 from hq_jax.errors import UserError
+from hq_jax.quant import family as family_lib
+from hq_jax.quant.pq import ProductCodes
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, ScaleCodes
 from hq_jax.retrieval import packing
 
 MAGIC = b"HQJAXIDX"
-VERSION = 2
+VERSION = 3
 _SCALARS = ("offset", "scale", "scale_min", "scale_step")
 _DTYPES = {"words": "<u4", "scale": "<f4", "offset": "<f4", "scale_codes": "|u1", "scale_min": "<f4",
-           "scale_step": "<f4"}
+           "scale_step": "<f4", "codes": "|u1", "codebooks": "<f4"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +62,17 @@ class PackedLayer:
   scale_codes: np.ndarray | None = None  # (num_items, 1) uint8
   scale_min: np.ndarray | None = None  # () float32
   scale_step: np.ndarray | None = None  # () float32
+  kind = "scalar"
+
+  @property
+  def num_rows(self) -> int:
+    return int(self.words.shape[0])
+
+  def check(self, num_items: int) -> str | None:
+    """What is wrong with the stored arrays (None: nothing)."""
+    if self.words.shape != (num_items, packing.words_per_row(self.dim, self.bits)):
+      return f"packed codes of shape {self.words.shape} do not match the header"
+    return None
 
   def arrays(self) -> dict[str, np.ndarray]:
     names = ("words", "offset") + (("scale",) if self.scale is not None else
@@ -82,21 +101,81 @@ class PackedLayer:
                          step=jnp.asarray(self.scale_step))
     return QuantizedMatrix(codes=codes, scale=scale, offset=jnp.asarray(self.offset), bits=self.bits)
 
+  to_rep = to_matrix
+
 
 @dataclasses.dataclass(frozen=True)
-class QuantizedIndex:
-  """Packed item codes of one quantized item representation: one `PackedLayer`, or several with weights."""
+class ProductLayer:
+  """Product codes of one item matrix.
 
-  layers: tuple[PackedLayer, ...]
-  weights: tuple[float, ...] | None = None  # None: a single QuantizedMatrix
+  Invariant: `ProductCodes(codes, codebooks, bits)` is the item representation: row r decodes to the
+  concatenation over m of codebooks[m, codes[r, m]].
+  """
+
+  codes: np.ndarray  # (num_items, M) uint8, < 2^bits
+  codebooks: np.ndarray  # (M, 2^bits, dim / M) float32
+  bits: int
+  dim: int
+  kind = "pq"
 
   @property
-  def num_items(self) -> int:
-    return int(self.layers[0].words.shape[0])
+  def num_rows(self) -> int:
+    return int(self.codes.shape[0])
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {"codes": self.codes, "codebooks": self.codebooks}
 
   @property
   def nbytes(self) -> int:
-    """Exact bytes stored: packed codes plus the scales and offsets of every layer."""
+    return int(self.codes.nbytes + self.codebooks.nbytes)
+
+  def check(self, num_items: int) -> str | None:
+    """What is wrong with the stored arrays (None: nothing)."""
+    m = self.codebooks.shape[0] if self.codebooks.ndim == 3 else -1
+    if self.codebooks.ndim != 3 or self.codebooks.shape[1] != 1 << self.bits or m * self.codebooks.shape[2] != self.dim:
+      return f"codebooks of shape {self.codebooks.shape} do not match {self.bits} bits and dim {self.dim}"
+    if self.codes.shape != (num_items, m):
+      return f"product codes of shape {self.codes.shape} do not match the header"
+    if self.codes.size and int(self.codes.max()) >= 1 << self.bits:
+      return f"product codes exceed {self.bits} bits"
+    if not np.isfinite(self.codebooks).all():
+      return "codebooks contain NaN or infinite values"
+    return None
+
+  @classmethod
+  def from_rep(cls, pc: ProductCodes) -> "ProductLayer":
+    codebooks = np.asarray(pc.codebooks, np.float32)
+    return cls(codes=np.asarray(pc.codes).astype(np.uint8), codebooks=codebooks, bits=pc.bits,
+               dim=int(codebooks.shape[0] * codebooks.shape[2]))
+
+  def to_rep(self) -> ProductCodes:
+    return ProductCodes(codes=jnp.asarray(self.codes), codebooks=jnp.asarray(self.codebooks), bits=self.bits)
+
+
+_LAYER_TYPES = {"scalar": PackedLayer, "pq": ProductLayer}  # a file layer's "kind" -> its class
+_BUILDERS = {  # a representation's family (`hq_jax.quant.family`) -> (index layers, weights or None)
+    "scalar": lambda rep: ((PackedLayer.from_matrix(rep),), None),
+    "layered": lambda rep: (tuple(PackedLayer.from_matrix(q) for q in rep.layers), tuple(rep.weights)),
+    "pq": lambda rep: ((ProductLayer.from_rep(rep),), None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedIndex:
+  """Item codes of one coded item representation: one `PackedLayer` (a `QuantizedMatrix`) or `ProductLayer`
+  (`ProductCodes`), or several `PackedLayer`s with weights (`LayeredQuantized`)."""
+
+  layers: tuple[PackedLayer | ProductLayer, ...]
+  weights: tuple[float, ...] | None = None  # None: a single matrix
+
+  @property
+  def num_items(self) -> int:
+    return self.layers[0].num_rows
+
+  @property
+  def nbytes(self) -> int:
+    """Exact bytes stored: packed codes plus the scales and offsets of every layer (product codes: codes
+    and codebooks)."""
     return sum(layer.nbytes for layer in self.layers)
 
   # One-matrix shorthands.
@@ -112,10 +191,12 @@ class QuantizedIndex:
   dim = property(lambda self: self._single().dim)
 
   @classmethod
-  def from_rep(cls, rep: QuantizedMatrix | LayeredQuantized) -> "QuantizedIndex":
-    if isinstance(rep, LayeredQuantized):
-      return cls(layers=tuple(PackedLayer.from_matrix(q) for q in rep.layers), weights=tuple(rep.weights))
-    return cls(layers=(PackedLayer.from_matrix(rep),))
+  def from_rep(cls, rep: QuantizedMatrix | LayeredQuantized | ProductCodes) -> "QuantizedIndex":
+    kind = family_lib.family_of(rep).kind
+    if kind not in _BUILDERS:
+      raise UserError(f"{kind} embeddings have no codes to index")
+    layers, weights = _BUILDERS[kind](rep)
+    return cls(layers=layers, weights=weights)
 
   from_matrix = from_rep
 
@@ -123,15 +204,16 @@ class QuantizedIndex:
   def from_export(cls, path: str) -> "QuantizedIndex":
     """Indexes the item side of a quantized training export (`hq_jax.export.load_export`)."""
     _, items = export_lib.load_export(path)
-    if not isinstance(items, (QuantizedMatrix, LayeredQuantized)):
-      raise UserError(f"{path}: a full-precision export has no codes to index (expected key 'bits' or 'layers')")
+    if family_lib.family_of(items).kind not in _BUILDERS:
+      raise UserError(f"{path}: a full-precision export has no codes to index (expected key 'bits' or 'layers', "
+                      "or kind 'pq')")
     return cls.from_rep(items)
 
-  def to_rep(self) -> QuantizedMatrix | LayeredQuantized:
-    """The item representation, ready for `hq_jax.retrieval.topk` (ranked from its integer codes)."""
+  def to_rep(self) -> QuantizedMatrix | LayeredQuantized | ProductCodes:
+    """The item representation, ready for `hq_jax.retrieval.topk` (ranked as its family ranks)."""
     if self.weights is None:
-      return self.layers[0].to_matrix()
-    return LayeredQuantized(layers=tuple(layer.to_matrix() for layer in self.layers), weights=self.weights)
+      return self.layers[0].to_rep()
+    return LayeredQuantized(layers=tuple(layer.to_rep() for layer in self.layers), weights=self.weights)
 
   to_matrix = to_rep
 
@@ -148,8 +230,8 @@ class QuantizedIndex:
         entries[name] = {"dtype": _DTYPES[name], "shape": list(a.shape), "offset": pos, "nbytes": a.nbytes}
         chunks.append(a.tobytes())
         pos += a.nbytes
-      layers.append({"bits": layer.bits, "dim": layer.dim, "arrays": entries})
-    header = json.dumps({"num_items": self.num_items, "layers": layers,
+      layers.append({"kind": layer.kind, "bits": layer.bits, "dim": layer.dim, "arrays": entries})
+    header = strict_json.dumps({"num_items": self.num_items, "layers": layers,
                          "weights": None if self.weights is None else list(self.weights)}, sort_keys=True).encode()
     body = MAGIC + struct.pack("<II", VERSION, len(header)) + header + b"".join(chunks)
     return body + hashlib.sha256(body).digest()
@@ -172,8 +254,8 @@ class QuantizedIndex:
     if hashlib.sha256(body).digest() != digest:
       raise UserError(f"{where}: checksum mismatch: the index file is damaged")
     version, header_len = struct.unpack("<II", data[len(MAGIC):fixed])
-    if version not in (1, VERSION):
-      raise UserError(f"{where}: index format version {version} is not supported (expected 1 or {VERSION})")
+    if version not in (1, 2, VERSION):
+      raise UserError(f"{where}: index format version {version} is not supported (expected 1, 2 or {VERSION})")
     try:
       header = json.loads(body[fixed:fixed + header_len].decode())
       payload = body[fixed + header_len:]
@@ -190,16 +272,18 @@ class QuantizedIndex:
                                        offset=e["offset"]).reshape(e["shape"]).copy()
           if name in _SCALARS and arrays[name].shape == (1,):  # version 1 stored scalars as (1,)
             arrays[name] = arrays[name].reshape(())
-        if ("scale" in arrays) == ("scale_codes" in arrays):
+        layer_type = _LAYER_TYPES[entry.get("kind", "scalar")]
+        if layer_type is PackedLayer and ("scale" in arrays) == ("scale_codes" in arrays):
           raise ValueError("a layer needs either 'scale' or 'scale_codes', 'scale_min' and 'scale_step'")
-        layers.append(PackedLayer(bits=int(entry["bits"]), dim=int(entry["dim"]), **arrays))
+        layers.append(layer_type(bits=int(entry["bits"]), dim=int(entry["dim"]), **arrays))
       weights = header["weights"]
       index = cls(layers=tuple(layers), weights=None if weights is None else tuple(float(w) for w in weights))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
       raise UserError(f"{where}: malformed index header ({e})") from None
     for layer in index.layers:
-      if layer.words.shape != (int(header["num_items"]), packing.words_per_row(layer.dim, layer.bits)):
-        raise UserError(f"{where}: packed codes of shape {layer.words.shape} do not match the header")
+      problem = layer.check(int(header["num_items"]))
+      if problem:
+        raise UserError(f"{where}: {problem}")
     return index
 
   @classmethod

@@ -32,6 +32,20 @@ offsets are per matrix), so they drop. What is left is turned into integers on t
 
 The integer key is computed on the device by `hq_jax.retrieval.keys` (its bound, arithmetic tier and the
 raw inner product of each width are described there).
+
+Which pairs get integer keys is the family interface's choice (`hq_jax.quant.family`, `Pair.ranking`):
+scalar and layer-wise codes on both sides. Every other legal pair -- float embeddings, product codes
+(`hq_jax.quant.pq.ProductCodes`) on both sides, float users with product-code items -- is ranked from its
+decoded rows by the float path: the item table holds `family.dequantize(items)` (for product codes the
+codewords copied, no arithmetic), the users their decoded or float rows, and the search is the one float
+embeddings get. So a product-code pair ranks exactly like the float32 pair (dequantize(users),
+dequantize(items)): the same rows enter the same program, with ties to the lower id. What that order is:
+the order of float32 inner products of those rows. The search picks groups of a block by its float32
+matmul and orders the candidates by float32 sums in dimension order (`topk._gathered_dot`); where the
+real-valued scores of two items differ by less than the float32 rounding of their inner products (about
+d 2^-24 sum_j |u_j x_ij|) the two may come in either order, as in any float32 search (FAISS's included).
+Where every float32 partial sum is exact (e.g. codewords and user rows of dyadic values with few
+significant bits, as the tests construct) it is exactly the order of the real-valued scores, ties included.
 """
 
 import dataclasses
@@ -45,6 +59,8 @@ import numpy as np
 
 from hq_jax import backend
 from hq_jax.errors import UserError
+from hq_jax.quant import family as family_lib
+from hq_jax.quant.pq import ProductCodes
 from hq_jax.quant.quantizer import LayeredQuantized, QuantizedMatrix, exact_weights
 from hq_jax.retrieval import limbs as limbs_lib
 from hq_jax.retrieval import packing
@@ -54,7 +70,7 @@ from hq_jax.retrieval.keys import (F32_EXACT, ItemTable, KeySpec, LayerSpec, Use
 
 Method = Literal["auto", "float", "hamming", "sign_matmul", "int_matmul", "int8"]
 METHODS = ("auto", "float", "hamming", "sign_matmul", "int_matmul", "int8")
-Rep = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized
+Rep = jax.Array | np.ndarray | QuantizedMatrix | LayeredQuantized | ProductCodes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,48 +116,35 @@ def _as_tier(values, spec: KeySpec, n_limbs: int) -> jax.Array:
 
 
 def rep_layers(rep: Rep) -> tuple[tuple[QuantizedMatrix, ...], tuple[float, ...]] | None:
-  """(layers, weights) of a quantized rep; None for float embeddings."""
-  if isinstance(rep, LayeredQuantized):
-    return tuple(rep.layers), tuple(rep.weights)
-  if isinstance(rep, QuantizedMatrix):
-    return (rep,), (1.0,)
-  return None
+  """(layers, weights) of a rep ranked by integer keys; None for the others (float rows, product codes)."""
+  fam = family_lib.family_of(rep)
+  return fam.layers(rep) if fam.ranking == "integer" else None
 
 
 def rep_bits(rep: Rep) -> int:
   """0 for a float rep, else its code width (of the first layer for layered codes)."""
-  layers = rep_layers(rep)
-  return 0 if layers is None else layers[0][0].bits
+  return family_lib.family_of(rep).code_bits(rep)
 
 
 def num_rows(rep: Rep) -> int:
-  if isinstance(rep, (QuantizedMatrix, LayeredQuantized)):
-    return rep.num_rows
-  return int(np.shape(rep)[0])
-
-
-def _describe(rep: Rep) -> str:
-  if isinstance(rep, LayeredQuantized):
-    return f"{len(rep.layers)}-layer codes"
-  if isinstance(rep, QuantizedMatrix):
-    return f"{rep.bits} bits"
-  return "float"
+  return family_lib.family_of(rep).num_rows(rep)
 
 
 def _check_pair(user_rep: Rep, item_rep: Rep, method: str):
-  """The matching (layers, weights) of both sides (None for float reps); UserError if they differ."""
+  """The matching (layers, weights) of both sides, or None for a pair ranked by the float path; UserError
+  if they do not match or `method` does not apply."""
   if method not in METHODS:
     raise UserError(f"unknown scoring method {method!r} (choose from {', '.join(METHODS)})")
-  ul, il = rep_layers(user_rep), rep_layers(item_rep)
-  if type(user_rep) is not type(item_rep) and not (ul is None and il is None):
-    raise UserError(f"user and item representations differ: {_describe(user_rep)} vs {_describe(item_rep)}")
-  if ul is None:
-    du, di = np.shape(user_rep)[-1], np.shape(item_rep)[-1]
+  pair = family_lib.check_pair(user_rep, item_rep)
+  if pair.ranking == "float":
+    du, di = pair.user.shape(user_rep)[-1], pair.item.shape(item_rep)[-1]
     if du != di:
       raise UserError(f"user and item embeddings differ in dimension: {du} vs {di}")
     if method not in ("auto", "float"):
-      raise UserError(f"method {method!r} does not apply to float embeddings (choose from auto, float)")
+      what = "float embeddings" if pair.item.kind == "float" else pair.item.describe(item_rep)
+      raise UserError(f"method {method!r} does not apply to {what} (choose from auto, float)")
     return None
+  ul, il = pair.user.layers(user_rep), pair.item.layers(item_rep)
   if len(ul[0]) != len(il[0]):
     raise UserError(f"user and item representations differ: {len(ul[0])} vs {len(il[0])} layers")
   if ul[1] != il[1]:
@@ -206,9 +209,8 @@ def _layer_rows(layer: LayerSpec, qm: QuantizedMatrix) -> jax.Array:
 
 
 def _float_rows(rep: Rep) -> jax.Array:
-  if isinstance(rep, (QuantizedMatrix, LayeredQuantized)):
-    return jnp.asarray(rep.dequantize(), jnp.float32)
-  return jnp.asarray(rep, jnp.float32)
+  """The decoded float32 rows (`family.dequantize`): what the float path scores."""
+  return jnp.asarray(family_lib.family_of(rep).dequantize(rep), jnp.float32)
 
 
 def _fraction(x) -> fractions.Fraction:
@@ -252,7 +254,8 @@ def _item_fraction_order(layers, il, ul, weights_int, e_star: int, divisor: int)
 
 
 def prepare_items(item_rep: Rep, user_rep: Rep, method: str = "auto") -> ItemTable:
-  """Builds the item table for ranking `user_rep`'s rows against `item_rep` (see the module docstring).
+  """Builds the item table for ranking `user_rep`'s rows against `item_rep` (see the module docstring):
+  exact integer keys for scalar / layer-wise codes, decoded float32 rows for every other legal pair.
 
   Runs on the host (numpy and Python integers): the constants of the key are exact rational arithmetic on
   the stored float32 scales and offsets. `user_rep` must hold every user that will be ranked (its scales
@@ -360,13 +363,14 @@ def ranking_scores(user_rep: Rep, item_rep: Rep, method: str = "auto") -> np.nda
 
   Compare lexicographically along the last axis (word 0 first), larger = better; items with equal keys rank
   by lower id. The order equals the order of the dequantized scores exactly (module docstring), except for
-  float embeddings and `method="float"` (float32 inner products). When the table breaks ties by a fraction
+  pairs ranked by the float path (float embeddings, product codes, `method="float"`: float32 inner products
+  of the decoded rows). When the table breaks ties by a fraction
   (b >= 2), the last word is minus the item's row in the table: keys are then all distinct. Keys are not
   inner products (use `dequantized_scores` for those).
 
   Args:
-    user_rep: (B, d) float array, QuantizedMatrix or LayeredQuantized.
-    item_rep: (I, d) of the same kind.
+    user_rep: (B, d) float array, QuantizedMatrix, LayeredQuantized or ProductCodes.
+    item_rep: (I, d) of the same kind (or ProductCodes for float users).
     method: "auto", or one of "float", "hamming", "sign_matmul", "int_matmul", "int8".
   """
   table = prepare_items(item_rep, user_rep, method)

@@ -289,8 +289,9 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
   """Top-k items for `users`, each user's excluded (training) items removed.
 
   Args:
-    user_rep: (num_users, d) float array, QuantizedMatrix or LayeredQuantized: all users.
-    item_rep: (num_items, d) of the same kind.
+    user_rep: (num_users, d) float array, QuantizedMatrix, LayeredQuantized or ProductCodes: all users.
+    item_rep: (num_items, d) of the same kind, or ProductCodes under float users (the legal pairs:
+      `hq_jax.quant.family`).
     exclude_indptr, exclude_indices: CSR over all users of the items to exclude (e.g. `data.train`).
     users: (B,) user ids to retrieve for.
     k: results per user (1 <= k <= num_items).
@@ -302,8 +303,9 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
 
   Returns:
     (scores, items): numpy (B, k) float32 ranking keys and int32 item ids, best first, ties by lower id
-    (exactly the order of the dequantized scores, see `scoring`); id -1 (key -inf) where a user has fewer
-    than k eligible items.
+    (exactly the order of the dequantized scores for scalar and layer-wise codes; for float rows and
+    product codes the float path's order of the decoded rows, see `scoring`); id -1 (key -inf) where a
+    user has fewer than k eligible items.
   """
   users, exclude_indptr, exclude_indices, num_items, prepared, table = prepare_search(
       user_rep, item_rep, exclude_indptr, exclude_indices, users, k, method)

@@ -1,5 +1,7 @@
 """The method objects: registry, tables, MPE's search -> retrain step, exports, and adding a method."""
 
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,3 +106,24 @@ def test_a_new_method_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
   results = train.train_and_evaluate(c, str(tmp_path))
   assert results["method"] == "half" and 0 < results["test_auc"] < 1
   assert results["mean_bits_per_feature"] == 32.0 and list(results["phases"]) == ["train"]
+
+
+@pytest.mark.parametrize("mean_bits,exact_bytes,bits_ratio,bits_reason", [
+    (2.0, 100, 16.0, None),
+    (0.0, 48, None, "every feature pruned (0 bits)"),
+])
+def test_size_summary_never_writes_infinity(mean_bits, exact_bytes, bits_ratio, bits_reason):
+  # ../shared/cases/mpe-all-pruned: 32 / 0 bits was float('inf'), which results.json wrote as `Infinity`.
+  sizes = methods.size_summary(10, 4, exact_bytes, mean_bits)
+  assert sizes["compression_bits"] == bits_ratio
+  assert sizes.get("compression_bits_reason") == bits_reason
+  assert sizes["compression_bytes"] == pytest.approx(160 / exact_bytes)
+  json.dumps(sizes, allow_nan=False)
+
+
+def test_results_row_prints_a_null_ratio_as_a_dash():
+  from experiments.mpe import results_row  # noqa: PLC0415 - the binary's table printer
+  r = {"method": "mpe", "test_auc": 0.5, "test_logloss": 0.52, "mean_bits_per_feature": 0.0,
+       "compression_bits": None, "compression_bits_reason": "every feature pruned (0 bits)",
+       "compression_bytes": 7459.9, "phases": {"search": {"epochs": 40}, "retrain": {"epochs": 40}}}
+  assert results_row(r) == "| mpe | 0.5000 | 0.5200 | 0.000 | - | 7459.9 | 40+40 |"

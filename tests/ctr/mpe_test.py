@@ -123,3 +123,25 @@ def test_export_bytes_and_dequantized_export_reproduce_the_embedding(tmp_path):
 
 def test_mean_bits_per_feature():
   assert mpe.mean_bits_per_feature(np.array([0, 4]), np.array([0, 1, 1, 1])) == 3.0
+
+
+@pytest.mark.parametrize("feature_bits,offsets,expected", [
+    ([0, 0, 3, 0, 2, 0, 0], [0, 2, 5, 7], [0, 2]),
+    ([1, 0, 0, 0], [0, 1, 1, 4], [2]),  # an empty field (no ids) is not "pruned"
+    ([0, 0, 0], [0, 3], [0]),
+    ([4, 4], [0, 1, 2], []),
+], ids=["two_of_three", "empty_field_skipped", "one_field", "none"])
+def test_pruned_fields(feature_bits, offsets, expected):
+  np.testing.assert_array_equal(mpe.pruned_fields(np.array(feature_bits), np.array(offsets)), expected)
+
+
+def test_pruning_warning_names_an_empty_table_or_the_pruned_fields():
+  # ../shared/cases/mpe-all-pruned: one line, naming what was pruned and what to change.
+  offsets = np.array([0, 2, 5, 7])
+  assert mpe.pruning_warning(np.zeros(16, np.int32), np.zeros(7), offsets) == (
+      "all 16 groups selected 0 bits: the embedding table is empty (the model predicts a constant); lower "
+      "mpe.lam")
+  assert mpe.pruning_warning(np.array([0, 3]), np.array([0, 0, 3, 3, 3, 0, 0]), offsets, ["a", "b", "c"]) == (
+      "every feature of 2 of 3 fields (a, c) selected 0 bits: those fields embed as zero vectors; lower mpe.lam "
+      "to keep them")
+  assert mpe.pruning_warning(np.array([0, 3]), np.array([0, 3, 3, 3, 3, 0, 3]), offsets) is None

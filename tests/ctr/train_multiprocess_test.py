@@ -48,11 +48,13 @@ def test_two_processes_agree_with_one(tmp_path):
   got, got_metrics = _read(shared)
   want, want_metrics = _read(tmp_path / "one")
   assert got["device"].startswith("cpu x4") and want["device"].startswith("cpu x1")  # both processes' devices
-  # Evaluation metrics loosely: see LOOSE in train_mesh_test.py (a zero-gradient bias before BatchNorm).
-  for k, tol in (("test_auc", 0.05), ("test_logloss", 5e-3), ("valid_auc", 0.05), ("steps", 0)):
+  # Float rounding only, as on one process's mesh (train_mesh_test.py), but for lazy Adam's known 1.15e-4 of
+  # test AUC on multi-device meshes (train_mesh_test.KNOWN_FAILURES['fp']; not run here since that change).
+  for k, tol in (("test_auc", 2e-4), ("test_logloss", 1e-4), ("valid_auc", 2e-4), ("steps", 0)):
     assert got[k] == pytest.approx(want[k], abs=tol), k
   assert [m["step"] for m in got_metrics] == [m["step"] for m in want_metrics]  # process 0 wrote each once
   for a, b in zip(got_metrics, want_metrics):
     for k, v in b.items():
-      tol = {"valid_auc": 0.05, "valid_logloss": 5e-3}.get(k, 1e-4)
-      assert a[k] == (pytest.approx(v, rel=1e-4, abs=tol) if isinstance(v, float) else v), (a["step"], k)
+      # grad_norm drifts with lazy Adam's known multi-device difference (4e-4 relative by step 6).
+      rel, tol = (1e-3, 1e-3) if k == "grad_norm" else (1e-4, 2e-4 if k == "valid_auc" else 1e-4)
+      assert a[k] == (pytest.approx(v, rel=rel, abs=tol) if isinstance(v, float) else v), (a["step"], k)

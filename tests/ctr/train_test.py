@@ -139,3 +139,26 @@ def test_damaged_newest_checkpoint_is_set_aside(tmp_path, capsys):
   assert f"checkpoint {newest}" in capsys.readouterr().err
   assert resumed["test_auc"] == full["test_auc"] and resumed["test_logloss"] == full["test_logloss"]
   assert os.listdir(os.path.join(workdir, "checkpoints_damaged")) == [str(newest)]
+
+
+def test_mpe_pruning_every_group_warns_and_scores_as_a_constant_predictor(tmp_path, capsys):
+  # ../shared/cases/mpe-all-pruned: a bit regulariser so strong that the search prunes all 16 groups.
+  c = _config(max_epochs=1, patience=1)
+  c.mpe.lam, c.mpe.tau = 1000.0, 3e-4  # a small tau: p_g one-hot after the first steps
+  r = train.train_and_evaluate(c, str(tmp_path))
+  err = capsys.readouterr().err
+  assert err.count("mpe: warning: all 16 groups selected 0 bits: the embedding table is empty") == 1, err
+  assert r["groups"]["bits"] == [0] * 16 and r["mean_bits_per_feature"] == 0.0
+  # A constant predictor: every test logit the same (AUC exactly 0.5), a finite logloss at least the test
+  # labels' entropy and no worse than predicting 1/2 by much (it was 74: eval-mode BatchNorm divided the drift
+  # of a zero-gradient bias by a running variance of ~0).
+  _, labels = train._load_data(c).split("test")
+  q = float(np.mean(labels))
+  assert r["test_auc"] == 0.5
+  assert -(q * np.log(q) + (1 - q) * np.log(1 - q)) <= r["test_logloss"] < 0.75
+  # Strict JSON: the compression 32 / 0 bits is null with its reason, never Infinity.
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    stored = json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
+  assert stored["compression_bits"] is None
+  assert stored["compression_bits_reason"] == "every feature pruned (0 bits)"
+  assert stored["compression_bytes"] > 0

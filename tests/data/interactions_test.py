@@ -163,3 +163,46 @@ def test_validation_split_holds_out_a_seeded_tenth_of_each_users_training_items(
   assert valid.name == "lastfm-valid" and valid.summary["test_interactions"] == valid.test.nnz
   with pytest.raises(ValueError, match="fraction"):
     validation_split(data, 1.0)
+
+
+# ---- issue 21: sparse ids refused before anything of their size is allocated; byte-order marks
+
+def _lastfm_like(tmp_path, extra_train="", extra_test=""):
+  """A 300-user folder (users 0..299, items 0..49) plus extra lines."""
+  train = "".join(f"{u} {u % 50} {(u * 7) % 50}\n" for u in range(300)) + extra_train
+  test = "".join(f"{u} {(u * 3) % 50}\n" for u in range(300)) + extra_test
+  return write_split(tmp_path, train, test)
+
+
+@pytest.mark.parametrize("name,train,test,where,message", [
+    ("huge_user", "2000000000 5 17 99\n", "", "train.txt:301",
+     "user id 2000000000 implies a table of 2,000,000,001 rows for 301 distinct user ids (limit 4,194,304: the "
+     "larger of 4,194,304 and 16 x the distinct ids); ids are table rows and must be dense: remap them to "
+     "0..N-1"),
+    ("huge_item", "", "7 3\n8 1500000000\n", "test.txt:302", "item id 1500000000 implies a table of 1,500,000,001"),
+    ("just_above_the_floor", "5 4194304\n", "", "train.txt:301", "item id 4194304 implies a table of 4,194,305"),
+])
+def test_sparse_ids_name_file_line_id_and_limit(tmp_path, monkeypatch, name, train, test, where, message):
+  del name
+  allocated = []
+  monkeypatch.setattr(interactions, "to_csr", lambda *a: allocated.append(a) or 1 / 0)
+  with pytest.raises(UserError) as e:
+    interactions.load_lightgcn_dir(_lastfm_like(tmp_path, train, test))
+  assert str(e.value).startswith(f"{tmp_path}/{where}: {message}")
+  assert not allocated
+
+
+def test_ids_up_to_the_floor_are_accepted(tmp_path):
+  data = interactions.load_lightgcn_dir(_lastfm_like(tmp_path, "5 4194303\n"))
+  assert data.num_items == 4_194_304 and data.num_users == 300
+
+
+@pytest.mark.parametrize("which", ["train.txt", "test.txt"])
+def test_utf8_byte_order_mark_is_dropped(tmp_path, which):
+  plain = interactions.load_lightgcn_dir(write_split(tmp_path, "0 1 2\n1 0\n2 3 1\n", "0 3\n1 2\n2 0\n"))
+  path = tmp_path / which
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  bom = interactions.load_lightgcn_dir(str(tmp_path))
+  for a, b in ((plain.train, bom.train), (plain.test, bom.test)):
+    np.testing.assert_array_equal(a.indptr, b.indptr)
+    np.testing.assert_array_equal(a.indices, b.indices)

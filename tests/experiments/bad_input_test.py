@@ -855,8 +855,128 @@ def test_case_names_are_unique():
   assert len(ids) == len(set(ids)) and len(CASES) >= 30
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Appended (issue 21): tabular records that would vanish, byte-order marks, ids too large or too sparse
+# ----------------------------------------------------------------------------------------------------------
+
+CRITEO_CSV_HEADER = "label," + ",".join(f"I{i}" for i in range(1, 14)) + "," + ",".join(f"C{i}" for i in range(1, 27))
+
+
+def criteo_row(label: int, c3: str = "c3") -> str:
+  """One Criteo CSV row (40 columns) whose C3 is `c3` as written (quote it yourself)."""
+  return ",".join([str(label), *map(str, range(13)), "c1", "c2", c3, *[f"c{i}" for i in range(4, 27)]])
+
+
+def libfm_hashed(base: int) -> dict:
+  """train / valid / test libFM files of 3 one-hot fields whose last field holds ids `base` + 0..9."""
+  def rows(n, seed):
+    rng = np.random.default_rng(seed)
+    return "".join(f"{1 if i % 2 else -1} {rng.integers(0, 5)}:1 {5 + rng.integers(0, 5)}:1 "
+                   f"{base + int(rng.integers(0, 10))}:1\n" for i in range(n))
+  return {"l/train.libfm": rows(40, 0), "l/valid.libfm": rows(10, 1), "l/test.libfm": rows(10, 2)}
+
+
+LIBFM_HASHED = "--config.data.spec=libfm:{c}/l/train.libfm,{c}/l/valid.libfm,{c}/l/test.libfm"
+CRITEO_CSV = "--config.data.spec=criteo:{c}/c.csv"
+
+CASES += [
+    Case("sparse_user_id", H, (DATA,), 2,
+         r"data/train\.txt:3: user id 2000000000 implies a table of 2,000,000,001 rows for 4 distinct user ids "
+         r"\(limit 4,194,304: .*\); ids are table rows and must be dense: remap them to 0\.\.N-1$",
+         files=lightgcn(train="0 0 1 2\n1 2 3\n2000000000 1 4\n")),
+    Case("sparse_item_id", E, ("--data_dir={c}/data", "--embeddings={c}/absent.npz"), 2,
+         r"data/test\.txt:2: item id 300000000 implies a table of 300,000,001 rows for 6 distinct item ids",
+         files=lightgcn(test="0 3\n1 300000000\n")),
+    Case("criteo_unclosed_quote", M, (CRITEO_CSV,), 2,
+         r"c\.csv:3: a quoted value opens here and is not closed before the end of the file",
+         files={"c.csv": "\n".join([CRITEO_CSV_HEADER, criteo_row(0), criteo_row(1, '"open'), criteo_row(0)])}),
+    Case("criteo_short_record_after_quoted_newline", M, (CRITEO_CSV,), 2, r"c\.csv:4: expected 40 columns, found 39$",
+         files={"c.csv": "\n".join([CRITEO_CSV_HEADER, criteo_row(0, '"two\nlines"'), criteo_row(1).rsplit(",", 1)[0],
+                                    criteo_row(0)]) + "\n"}),
+    Case("criteo_utf16_file", M, ("--config.data.spec=criteo:{c}/c.tsv",), 2,
+         r"c\.tsv:1: the file starts with a UTF-16 byte-order mark; expected UTF-8 text",
+         files={"c.tsv": (criteo_row(0) + "\n").encode("utf-16")}),
+    Case("libfm_hashed_id_beyond_int32", M, (LIBFM_HASHED,), 2,
+         r"l/train\.libfm:1: feature id 429496700\d too large \(ids are int32 table rows: at most 2,147,483,647\)",
+         files=libfm_hashed(4_294_967_000)),
+    Case("libfm_sparse_hashed_ids", M, (LIBFM_HASHED,), 2,
+         r"l/(train|valid|test)\.libfm:\d+: feature id 200000000\d implies a table of 2,000,000,01?\d rows for 20 "
+         r"distinct feature ids", files=libfm_hashed(2_000_000_000)),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Appended (issue 21): workdir paths with glob brackets, checkpoints that were never readable, a coordinator
+# that never answers, clean messages for a mistyped config key and unsupported bits
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+  """A localhost port that nothing listened on a moment ago (a coordinator that never answers)."""
+  import socket  # noqa: PLC0415 - only this helper needs it
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+CLOSED_PORT = _closed_port()
+# Process 0 alone hosts a coordinator on HOST_PORT: another port than CLOSED_PORT, since the cases run
+# concurrently and a process 1 pointed at CLOSED_PORT would otherwise join it.
+HOST_PORT = next(p for p in iter(_closed_port, None) if p != CLOSED_PORT)
+
+
+def drop_ocdbt_index(case_dir: str) -> None:
+  """Makes every checkpoint of C/w what an older hq_jax wrote under a path with '[' or ']': committed, arrays in
+  place, but without the root OCDBT index (`manifest.ocdbt`), which orbax skipped writing there."""
+  root = os.path.join(case_dir, "w", "checkpoints")
+  for step in os.listdir(root):
+    os.remove(os.path.join(root, step, "default", "manifest.ocdbt"))
+
+
+def nothing_moved_aside(case_dir: str, result) -> list[str]:
+  del result
+  damaged = os.path.join(case_dir, "w", "checkpoints_damaged")
+  return [f"checkpoints moved to {damaged}"] if os.path.exists(damaged) else []
+
+
+def distributed(process_id: int, timeout: str = "1") -> tuple[str, ...]:
+  port = HOST_PORT if process_id == 0 else CLOSED_PORT
+  return ("--num_processes=2", f"--process_id={process_id}", f"--coordinator_address=localhost:{port}",
+          f"--distributed_timeout={timeout}")
+
+
+CASES += [
+    # The case's folder (so the workdir C/w) has glob brackets, a space, '#' and '%' in its name: orbax globs
+    # its own path; the run is killed during a save and resumes from the previous checkpoint.
+    Case("kill_during_checkpoint_in_workdir[x] #%", H, (), 0,
+         r"^warning: removed W/checkpoints/2\.orbax-checkpoint-tmp: a checkpoint save that was interrupted",
+         kill="checkpoint:2", same_result=True),
+    Case("kill_during_checkpoint_in_workdir[x] #%", M, (), 0,
+         r"^warning: removed W/checkpoints/6\.orbax-checkpoint-tmp: a checkpoint save that was interrupted",
+         kill="checkpoint:6", same_result=True),
+    Case("never_readable_checkpoints", H, (), 2,
+         r"checkpoint 4 in W/checkpoints was never readable: orbax committed it without the OCDBT index of its "
+         r"arrays \(default/manifest\.ocdbt\).*left in place", workdir=H, prepare=drop_ocdbt_index,
+         check=nothing_moved_aside),
+    Case("never_readable_checkpoints", M, (), 2, r"checkpoint 6 in W/checkpoints was never readable", workdir=M,
+         prepare=drop_ocdbt_index, check=nothing_moved_aside),
+    Case("coordinator_never_answers", H, distributed(1), 2,
+         rf"process 1 of 2: no coordinator answered at localhost:{CLOSED_PORT} within 1 s \(is process 0 running"),
+    Case("coordinator_never_answers", M, distributed(1), 2,
+         rf"process 1 of 2: no coordinator answered at localhost:{CLOSED_PORT} within 1 s"),
+    Case("peers_never_join", H, distributed(0, "3"), 2,
+         rf"process 0 of 2: not every process joined the run at localhost:{HOST_PORT} within 3 s"),
+    Case("distributed_timeout_not_positive", H, distributed(1, "0"), 2,
+         r"--distributed_timeout must be a positive number of seconds, got 0\.0$"),
+    Case("mistyped_config_field", H, ("--config.train.epoch=3",), 2,
+         r"unknown config field in an override: 'epoch'; Did you mean \"epochs\" instead of \"epoch\"\?$"),
+    Case("unsupported_bits_said_once", H, ("--config.quant.bits=5",), 2,
+         r"hqgnn: error: config\.quant \(bits='5'\): bits must be none \(full precision\) or one of 1, 2, 3, 4, 8$"),
+]
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=c.known_bug, strict=True))
                                   if c.known_bug else c for c in CASES], ids=case_id)
-def test_bad_input(outcomes, case):
+def test_bad_input(outcomes, case):  # after every CASES block: the parametrisation reads the list here
   outcome = outcomes[case_id(case)]
   assert not outcome.problems, "\n".join(outcome.problems)

@@ -90,6 +90,28 @@ def test_new_representations_equal_in_process(lastfm, tmp_path, name):
                                                           rel=1e-6)
 
 
+@pytest.mark.parametrize("float_users", [False, True])
+def test_product_code_export_equals_in_process_with_its_storage(lastfm, tmp_path, float_users):
+  """A kind "pq" export (codes on both sides with shared codebooks, or float users) scores through the binary as
+  in process, and `--storage` adds its bytes: codes in bits per node, the codebooks beside."""
+  from hq_jax.quant import family, pq
+  rng = np.random.default_rng(3)
+  books = jnp.asarray(rng.normal(size=(4, 16, 4)), jnp.float32)
+  code = lambda n: pq.quantize(jnp.asarray(rng.normal(size=(n, 16)), jnp.float32), books, 4)  # noqa: E731
+  users = rng.normal(size=(lastfm.num_users, 16)).astype(np.float32) if float_users else code(lastfm.num_users)
+  items = code(lastfm.num_items)
+  path = str(tmp_path / "pq.npz")
+  export.save_export(path, users, items)
+  proc = run_evaluate(f"--embeddings={path}", "--ks=20", "--storage")
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads(proc.stdout.strip())
+  stored = family.storage(users, items)
+  assert {k: got[k] for k in stored} == stored
+  assert got["codebook_bytes"] == 4 * 16 * 4 * 4 and got["item_bits_per_node"] == 16.0
+  metrics = {k: v for k, v in got.items() if k not in stored}
+  assert metrics == pytest.approx(evaluation.evaluate(users, items, lastfm, ks=(20,)), rel=1e-6)
+
+
 def test_the_large_dim_case_is_exact(tmp_path):
   """The integer-ranking-large-dim case at d = 4096 (fewer users and items; the old float32 keys fail it):
   8-bit codes must rank exactly like their float64 dequantized scores, so Recall@20 = NDCG@20 = 1."""

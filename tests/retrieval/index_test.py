@@ -94,6 +94,22 @@ def test_version_1_files_still_load(tmp_path):
   _assert_same_rep(loaded.to_rep(), qm)
 
 
+def test_version_2_files_still_load(tmp_path):
+  """Version 2 headers had no layer "kind": every layer is packed scalar codes."""
+  rep = quantizer.quantize_layers([np.random.default_rng(3).standard_normal((40, 16))] * 2, 1, scale_mode="row",
+                                  scale_bits=8)
+  data = QuantizedIndex.from_rep(rep).to_bytes()
+  fixed = 8 + 8
+  _, header_len = struct.unpack("<II", data[8:fixed])
+  header = json.loads(data[fixed:fixed + header_len])
+  for layer in header["layers"]:
+    assert layer.pop("kind") == "scalar"
+  new_header = json.dumps(header, sort_keys=True).encode()
+  body = b"HQJAXIDX" + struct.pack("<II", 2, len(new_header)) + new_header + data[fixed + header_len:-32]
+  (tmp_path / "v2.hqidx").write_bytes(body + hashlib.sha256(body).digest())
+  _assert_same_rep(QuantizedIndex.load(str(tmp_path / "v2.hqidx")).to_rep(), rep)
+
+
 def test_from_export(tmp_path):
   rng = np.random.default_rng(0)
   u, i = quantize(rng.standard_normal((3, 64)), 1), quantize(rng.standard_normal((40981, 64)), 1)

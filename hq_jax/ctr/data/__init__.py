@@ -11,13 +11,15 @@ split only. Modules, one concern each:
   criteo    the Criteo format;  avazu: the Avazu format;  libfm: libFM files, Frappe
   sample    the embedded 9,999-row Criteo sample
   registry  `load_ctr(spec)`: 'criteo-sample', 'criteo:PATH', 'avazu:PATH', 'frappe:DIR',
-            'libfm:TRAIN,VALID,TEST', 'synthetic:...'
+            'libfm:TRAIN,VALID,TEST[,offsets=...|,remap_ids]', 'synthetic:...'
 
 Preprocessing follows the MPE spec (section Data; Li et al., arXiv:2409.20305): values seen fewer than `min_count` times in the
 training split (or never) map to one OOV id per field, local id 0; Criteo integer fields are discretised
 and exempt from the rare rule; kept values get local ids 1.. in the order of their raw key. Bad input
 raises `UserError` naming `path:line`, and every split must hold both labels (checked at load time, also
-on a cache hit).
+on a cache hit). No row is lost silently: CSVs are read as RFC 4180 records at any chunk size (the raw
+Criteo TSV without quoting), rows must equal the non-blank records, and a UTF-8 byte-order mark is dropped;
+libFM ids are checked (int32, dense) before anything of their size is allocated.
 """
 
 from hq_jax.ctr.data.avazu import AVAZU_HOUR_FIELDS, avazu_hour_fields, load_avazu

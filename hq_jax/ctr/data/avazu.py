@@ -5,8 +5,9 @@ is_weekend; these keep every value seen in training), followed by the remaining 
 order: 24 fields for the real file. Categorical values rare in the training split go to the field's OOV
 id (`hq_jax.ctr.data.vocab`, the MPE spec's preprocessing); rows are split 80/10/10 by a seeded permutation.
 
-Bad input (wrong column count, a label other than 0 / 1, an hour that is not a valid YYMMDDHH) raises
-`UserError` naming `path:line`.
+Quoted values follow RFC 4180 (as in `criteo`), a leading UTF-8 byte-order mark is dropped. Bad input (wrong
+column count, a label other than 0 / 1, an hour that is not a valid YYMMDDHH, a quoted value never closed)
+raises `UserError` naming `path:line`. Blank lines are skipped and counted in `summary['blank_lines']`.
 """
 
 import datetime
@@ -77,12 +78,13 @@ def _avazu_chunks(path: str, chunk_bytes: int, stats: dict) -> Iterator[tuple[np
   header, cats = _avazu_header(path)
   if len(set(header)) != len(header):
     raise UserError(f"{path}:1: repeated column names in the Avazu header")
-  stats.update(format="avazu-csv", blank_lines=0)
+  stats.update(format="avazu-csv", blank_lines=0, quoted_newlines=0)
   wide = [{} for _ in cats]
   for chunk in reader.read_csv_chunks(path, delimiter=",", column_names=header,
                                       include_columns=[AVAZU_LABEL, AVAZU_HOUR] + cats, skip_first_line=True,
                                       chunk_bytes=chunk_bytes):
     stats["blank_lines"] += chunk.blank
+    stats["quoted_newlines"] += chunk.quoted_newlines
     if not chunk.num_rows:
       continue
     labels = criteo.parse_labels(chunk, AVAZU_LABEL)

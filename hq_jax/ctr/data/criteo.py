@@ -1,14 +1,19 @@
 """The Criteo display-advertising format: label, 13 integer fields I1..I13, 26 categorical fields C1..C26.
 
 Layouts: the Kaggle `train.txt` (tab-separated, no header) or a CSV with the header `label,I1..I13,C1..C26`
-(the shared 10k sample), detected from the first line; `.gz` is accepted. Preprocessing follows the MPE
-spec (section Data), see `hq_jax.ctr.data.vocab`: categorical values rare in the training split go to the
-field's OOV id; integer fields are discretised (`criteo_discretise`) and keep every value seen in
-training; a missing integer (empty column) is a value of its own, and so is a negative one (I2 holds -1,
--2, ...). Rows are split 80/10/10 by a seeded permutation.
+(the shared 10k sample), detected from the first line; `.gz` is accepted, and so is a leading UTF-8
+byte-order mark. The raw TSV has no quoting convention (its values are hex hashes), so there a `"` is an
+ordinary character and every line is one row; a CSV (or a TSV with the header) follows RFC 4180 quoting,
+where a quoted value may hold the delimiter or a newline (`summary['quoted_newlines']` counts those).
 
-Bad input (wrong column count, a label other than 0 / 1, a non-numeric, nan or infinite integer) raises
-`UserError` naming `path:line`. Blank lines are skipped and counted in `summary['blank_lines']`.
+Preprocessing follows the MPE spec (section Data), see `hq_jax.ctr.data.vocab`: categorical values rare in
+the training split go to the field's OOV id; integer fields are discretised (`criteo_discretise`) and keep
+every value seen in training; a missing integer (empty column) is a value of its own, and so is a negative
+one (I2 holds -1, -2, ...). Rows are split 80/10/10 by a seeded permutation.
+
+Bad input (wrong column count, a label other than 0 / 1, a non-numeric, nan or infinite integer, a quoted
+value never closed) raises `UserError` naming `path:line` (the line where the bad record starts). Blank
+lines are skipped and counted in `summary['blank_lines']`; every other line is part of a row.
 """
 
 from collections.abc import Iterator, Sequence
@@ -99,7 +104,7 @@ def categorical_keys(chunk: reader.Chunk, column: str, wide: dict) -> np.ndarray
 
 
 def _criteo_layout(path: str) -> tuple[str, bool]:
-  """Detects (delimiter, has_header) from the first line."""
+  """Detects (delimiter, has_header) from the first line (a UTF-8 byte-order mark dropped)."""
   first = reader.first_line(path)
   if not first:
     raise UserError(f"{path}:1: empty file or blank first line; expected a Criteo header or data row")
@@ -116,11 +121,13 @@ def _criteo_layout(path: str) -> tuple[str, bool]:
 def _criteo_chunks(path: str, chunk_bytes: int, stats: dict) -> Iterator[tuple[np.ndarray, list]]:
   delim, has_header = _criteo_layout(path)
   stats.update(format="criteo-" + ("csv-with-header" if has_header else "tsv" if delim == "\t" else "csv"),
-               blank_lines=0)
+               blank_lines=0, quoted_newlines=0)
   wide = [{} for _ in CRITEO_CAT_FIELDS]
+  quoting = has_header or delim != "\t"  # the raw Kaggle TSV has no quoting: '"' is a character there
   for chunk in reader.read_csv_chunks(path, delimiter=delim, column_names=CRITEO_HEADER,
-                                      skip_first_line=has_header, chunk_bytes=chunk_bytes):
+                                      skip_first_line=has_header, chunk_bytes=chunk_bytes, quoting=quoting):
     stats["blank_lines"] += chunk.blank
+    stats["quoted_newlines"] += chunk.quoted_newlines
     if not chunk.num_rows:
       continue
     labels = parse_labels(chunk, "label")

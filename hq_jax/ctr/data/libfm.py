@@ -14,10 +14,22 @@ or any `field_offsets`), or inferred from the training file (ours, for files suc
     layout is ambiguous and must be given explicitly. An id seen only in valid / test belongs to the field
     whose range contains it.
 
+Ids are table rows, so they must be dense: an id above 2^31 - 1 (int32) stops the load, and so does an id
+space (largest id + 1, or the given layout's size) larger than both 4,194,304 and 16 times the number of
+distinct ids in the three files (`hq_jax.data.interactions.check_dense_ids`; e.g. hashed ids near 2e9 or
+2^32 among 1,000 distinct ones). Both are checked before anything of the id space's size is allocated, and
+the message names the line of the offending id, the id and the limit.
+
+Remapping (`remap_ids=True`, spec item 'remap_ids'; ours): the distinct ids of the three files, sorted, get
+the ids 0..D-1 (a monotone renumbering, so every field keeps its ids together and the layout is inferred as
+above, over D ids); then any id up to 2^63 - 1 is accepted, the table has one row per distinct id, and the
+cache holds `raw_ids.npy` ((D,) int64: the file id of each row). Not with a given layout.
+
 Bad input raises `UserError` naming `path:line`: a row without a label and F pairs, a non-number, a value
 other than 1, a label other than 1 / -1 / 0, an id out of range (the message gives the id and the valid
-range: of all ids, or of the field whose id it should be), a field missing or repeated. Blank lines are
-skipped and counted in `summary['blank_lines']`.
+range: of all ids, or of the field whose id it should be), a field missing or repeated, an id too large
+(above). Blank lines are skipped and counted in `summary['blank_lines']`; a leading UTF-8 byte-order mark
+is dropped.
 """
 
 import dataclasses
@@ -29,7 +41,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from hq_jax.ctr.data import cache, dataset, reader
+from hq_jax.data import interactions
 from hq_jax.errors import UserError
+
+_MAX_ID = interactions.MAX_ID  # ids are stored as int32
 
 # Frappe's 10 one-hot fields (user, item, daytime, weekday, isweekend, homework, cost, weather, country,
 # city) and their id ranges, from ../shared/data/README.md.
@@ -54,10 +69,9 @@ class _LibfmFile:
     raise UserError(f"{self.path}:{self.line_no[i]}: {message}: {row!r}")
 
 
-def _parse_libfm(path: str, num_fields: int | None) -> _LibfmFile:
-  """Parses one file; `num_fields` None takes the field count from the first row."""
-  with reader.open_binary(path) as f:
-    data = f.read().replace(b"\r", b"")
+def _parse_libfm(path: str, num_fields: int | None, max_id: int = _MAX_ID) -> _LibfmFile:
+  """Parses one file; `num_fields` None takes the field count from the first row; ids above `max_id` stop."""
+  data = reader.read_all(path)
   lines = data.split(b"\n")
   if lines and lines[-1] == b"":
     lines.pop()
@@ -92,14 +106,20 @@ def _parse_libfm(path: str, num_fields: int | None) -> _LibfmFile:
     label = table[:, 0].astype(np.float64)
     idx = table[:, 1::2].astype(np.int64)
     val = table[:, 2::2].astype(np.float64)
-  except ValueError:
+  except (ValueError, OverflowError):  # OverflowError: an id beyond int64
     for i, l in enumerate(lines):
       parts = l.replace(b":", b" ").split()
       try:
-        float(parts[0]), [int(p) for p in parts[1::2]], [float(p) for p in parts[2::2]]
+        float(parts[0]), [float(p) for p in parts[2::2]]
+        ids = [int(p) for p in parts[1::2]]
       except ValueError:
         parsed.error(i, "label, feature index or value is not a number")
+      if max(ids) > max_id:
+        _too_large(parsed, i, max(ids), max_id)
     raise
+  big = np.flatnonzero(idx.max(axis=1) > max_id)
+  if big.size:
+    _too_large(parsed, int(big[0]), int(idx[big[0]].max()), max_id)
   bad = np.flatnonzero(~np.isin(label, (-1.0, 0.0, 1.0)))
   if bad.size:
     parsed.error(bad[0], "label must be 1 or -1 (or 0)")
@@ -108,6 +128,37 @@ def _parse_libfm(path: str, num_fields: int | None) -> _LibfmFile:
     parsed.error(bad[0], "only one-hot rows (every value 1) are supported")
   idx.sort(axis=1)
   return dataclasses.replace(parsed, ids=idx, labels=(label > 0).astype(np.float32))
+
+
+def _too_large(parsed: _LibfmFile, i: int, feature_id: int, max_id: int):
+  if max_id == _MAX_ID:
+    parsed.error(i, f"feature id {feature_id} too large (ids are int32 table rows: at most {_MAX_ID:,}); remap "
+                    "hashed or sparse ids to 0..N-1 (spec item remap_ids)")
+  parsed.error(i, f"feature id {feature_id} too large to remap (at most {max_id:,})")
+
+
+def _check_dense(parsed: Sequence[_LibfmFile], size: int, layout: str):
+  """Refuses an id space of `size` ids far larger than the distinct ids of the files (before any
+  allocation of that size; see the module docstring)."""
+  if size <= interactions.DENSE_ID_FLOOR:
+    return
+  ids = np.concatenate([p.ids.ravel() for p in parsed])
+  if layout == "given":
+    distinct = int(np.unique(ids).size)
+    limit = interactions.dense_id_limit(distinct)
+    if size <= limit:
+      return
+    raise UserError(f"the given libFM layout (field offsets ending at {size:,}) implies a table of {size:,} "
+                    f"rows for {distinct:,} distinct feature ids in {parsed[0].path} and the other two files; "
+                    f"the limit is {limit:,} rows (the larger of {interactions.DENSE_ID_FLOOR:,} and "
+                    f"{interactions.DENSE_ID_FACTOR} x the distinct ids)")
+
+  def where(largest: int) -> str:
+    p = next(p for p in parsed if p.ids.size and p.ids.max() == largest)
+    return f"{p.path}:{p.line_no[int(np.argwhere(p.ids == largest)[0, 0])]}"
+
+  interactions.check_dense_ids(ids, "feature", where, "remap hashed or sparse ids to 0..N-1, each field's ids "
+                               "together (spec item remap_ids)")
 
 
 def _check_layout(parsed: _LibfmFile, offsets: np.ndarray, field_names: Sequence[str] | None):
@@ -145,7 +196,7 @@ def infer_field_offsets(train: _LibfmFile, num_ids: int) -> np.ndarray:
 
 def load_libfm(train_path: str, valid_path: str, test_path: str, *, cache_dir: str | None = None,
                name: str = "libfm", field_offsets: Sequence[int] | None = None,
-               field_names: Sequence[str] | None = None) -> dataset.CTRDataset:
+               field_names: Sequence[str] | None = None, remap_ids: bool = False) -> dataset.CTRDataset:
   """Loads one-hot libFM files whose three files are the splits (see the module docstring).
 
   Args:
@@ -155,6 +206,8 @@ def load_libfm(train_path: str, valid_path: str, test_path: str, *, cache_dir: s
     field_offsets: (F + 1) id-range boundaries of the fields, starting at 0; None infers them from the
       training file.
     field_names: optional names of the F fields (for the summary and error messages).
+    remap_ids: renumber the distinct ids 0..D-1 in increasing order (sparse or hashed ids; see the module
+      docstring); needs an inferred layout.
 
   Returns:
     A `CTRDataset` with the files' ids (int32) and labels, rows train | valid | test.
@@ -169,26 +222,46 @@ def load_libfm(train_path: str, valid_path: str, test_path: str, *, cache_dir: s
     offsets = np.asarray(field_offsets, np.int64)
     if offsets.ndim != 1 or offsets.size < 2 or offsets[0] != 0 or np.any(np.diff(offsets) <= 0):
       raise UserError(f"field_offsets must start at 0 and increase strictly, got {offsets.tolist()}")
+    if offsets[-1] > _MAX_ID + 1:
+      raise UserError(f"field_offsets end at {int(offsets[-1]):,}: ids are int32, so at most {_MAX_ID + 1:,} "
+                      "features")
     if field_names is not None and len(field_names) != offsets.size - 1:
       raise UserError(f"{len(field_names)} field names for {offsets.size - 1} fields")
+  if remap_ids and offsets is not None:
+    raise UserError("remap_ids renumbers the ids and infers the layout: it cannot be used with field_offsets")
   params = {"format": "libfm", "field_offsets": "infer" if offsets is None else offsets.tolist()}
+  if remap_ids:
+    params["remap_ids"] = True
 
   def build(tmp):
     t0 = time.perf_counter()
-    train = _parse_libfm(train_path, None if offsets is None else offsets.size - 1)
-    parsed = [train] + [_parse_libfm(p, train.ids.shape[1]) for p in paths[1:]]
+    max_id = np.iinfo(np.int64).max if remap_ids else _MAX_ID
+    train = _parse_libfm(train_path, None if offsets is None else offsets.size - 1, max_id)
+    parsed = [train] + [_parse_libfm(p, train.ids.shape[1], max_id) for p in paths[1:]]
+    raw_ids = None
     if offsets is None:
       for p in parsed:
         if p.ids[:, 0].min() < 0:
           i = int(np.argmin(p.ids[:, 0]))
           p.error(i, f"feature id {p.ids[i, 0]} out of range: ids must be >= 0")
-      layout = infer_field_offsets(train, 1 + max(int(p.ids[:, -1].max()) for p in parsed))
+      if remap_ids:
+        raw_ids = np.unique(np.concatenate([p.ids.ravel() for p in parsed]))
+        parsed = [dataclasses.replace(p, ids=np.searchsorted(raw_ids, p.ids)) for p in parsed]
+        train = parsed[0]
+        np.save(os.path.join(tmp, "raw_ids.npy"), raw_ids)
+      size = 1 + max(int(p.ids[:, -1].max()) for p in parsed)
+      _check_dense(parsed, size, "inferred")
+      layout = infer_field_offsets(train, size)
     else:
       layout = offsets
     for p in parsed:
       _check_layout(p, layout, field_names)
+    if offsets is not None:
+      _check_dense(parsed, int(layout[-1]), "given")
     parse_seconds = time.perf_counter() - t0
-    ids = np.concatenate([p.ids for p in parsed]).astype(np.int32)
+    ids = np.concatenate([p.ids for p in parsed])
+    assert ids.min() >= 0 and ids.max() <= _MAX_ID  # checked above: the int32 cast is exact
+    ids = ids.astype(np.int32)
     labels = np.concatenate([p.labels for p in parsed])
     n_train = train.ids.shape[0]
     counts = np.bincount(ids[:n_train].ravel(), minlength=int(layout[-1])).astype(np.int64)
@@ -210,6 +283,9 @@ def load_libfm(train_path: str, valid_path: str, test_path: str, *, cache_dir: s
                "parse_seconds": round(parse_seconds, 3)}
     if field_names is not None:
       summary["field_names"] = list(field_names)
+    if raw_ids is not None:
+      summary["remapped_ids"] = {"distinct": int(raw_ids.size), "raw_min": int(raw_ids[0]),
+                                 "raw_max": int(raw_ids[-1])}
     return {"splits": rows, "summary": summary}
 
   ds, _ = cache.cached_build(name, paths, params, cache_dir, build)

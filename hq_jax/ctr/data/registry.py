@@ -3,7 +3,8 @@
 Specs: 'criteo-sample' (the embedded 9,999 rows), 'criteo:PATH', 'avazu:PATH', 'frappe:DIR' (files
 frappe.train*.libfm, frappe.validation.libfm, frappe.test.libfm), 'libfm:TRAIN,VALID,TEST' (any one-hot
 libFM files; the field layout is inferred from the training file, or given as a fourth item
-'offsets=0/O1/.../N'), and 'synthetic:KEY=VAL,...' (`hq_jax.ctr.synthetic.synthetic_from_spec`).
+'offsets=0/O1/.../N'; a fourth item 'remap_ids' instead renumbers sparse or hashed ids, see
+`libfm.load_libfm`), and 'synthetic:KEY=VAL,...' (`hq_jax.ctr.synthetic.synthetic_from_spec`).
 
 A module outside this package can add a prefix with `register_ctr_spec`. `hq_jax.ctr.synthetic` does so
 for 'synthetic'; it imports this package, so this package never imports it: the registry imports the
@@ -20,7 +21,8 @@ from hq_jax.ctr.data import avazu, criteo, dataset, libfm, sample
 from hq_jax.errors import UserError
 
 CTR_SPEC_HELP = ("'criteo-sample', 'criteo:PATH', 'avazu:PATH', 'frappe:DIR', 'libfm:TRAIN,VALID,TEST"
-                 "[,offsets=0/O1/.../N]' or 'synthetic:rows=N,cardinalities=C1/C2/...,zipf_a=A,seed=S,...'")
+                 "[,offsets=0/O1/.../N or ,remap_ids]' or "
+                 "'synthetic:rows=N,cardinalities=C1/C2/...,zipf_a=A,seed=S,...'")
 
 # A spec loader: (the text after 'PREFIX:', cache_dir, seed) -> dataset.
 SpecLoader = Callable[[str, str | None, int], dataset.CTRDataset]
@@ -35,7 +37,7 @@ class _Spec:
 _SPECS: dict[str, _Spec] = {}
 
 # Prefixes served by a module that registers itself on import (and imports this package).
-_PLUGINS = {"synthetic": "hq_jax.ctr.synthetic"}
+_PLUGINS = {"synthetic": "hq_jax.ctr.synthetic", "planted": "hq_jax.ctr.planted"}
 
 
 def register_ctr_spec(prefix: str, loader: SpecLoader, *, argument: str = "required") -> None:
@@ -49,22 +51,24 @@ def register_ctr_spec(prefix: str, loader: SpecLoader, *, argument: str = "requi
   _SPECS[prefix] = _Spec(loader, argument)
 
 
-def parse_libfm_spec(arg: str) -> tuple[list, list | None]:
-  """'TRAIN,VALID,TEST[,offsets=0/O1/.../N]' -> ([train, valid, test], offsets or None).
+def parse_libfm_spec(arg: str) -> tuple[list, list | None, bool]:
+  """'TRAIN,VALID,TEST[,offsets=0/O1/.../N | ,remap_ids]' -> ([train, valid, test], offsets or None, remap).
 
   Raises:
-    UserError: not three paths, or offsets that are not integers separated by '/'.
+    UserError: not three paths, offsets that are not integers separated by '/', or an unknown option.
   """
   items = arg.split(",")
-  offsets = None
+  offsets, remap = None, False
   if len(items) == 4 and items[3].startswith("offsets="):
     try:
       offsets = [int(x) for x in items.pop()[len("offsets="):].split("/")]
     except ValueError:
       raise UserError(f"libfm spec {arg!r}: offsets must be integers separated by '/'") from None
+  elif len(items) == 4 and items[3] == "remap_ids":
+    remap = bool(items.pop())
   if len(items) != 3 or not all(items):
-    raise UserError(f"libfm spec {arg!r}: expected TRAIN,VALID,TEST[,offsets=0/O1/.../N]")
-  return items, offsets
+    raise UserError(f"libfm spec {arg!r}: expected TRAIN,VALID,TEST[,offsets=0/O1/.../N or ,remap_ids]")
+  return items, offsets, remap
 
 
 def _load_sample(arg: str, cache_dir: str | None, seed: int) -> dataset.CTRDataset:
@@ -87,8 +91,8 @@ def _load_frappe(arg: str, cache_dir: str | None, seed: int) -> dataset.CTRDatas
 
 def _load_libfm(arg: str, cache_dir: str | None, seed: int) -> dataset.CTRDataset:
   del seed  # the files are the splits
-  paths, offsets = parse_libfm_spec(arg)
-  return libfm.load_libfm(*paths, cache_dir=cache_dir, field_offsets=offsets)
+  paths, offsets, remap = parse_libfm_spec(arg)
+  return libfm.load_libfm(*paths, cache_dir=cache_dir, field_offsets=offsets, remap_ids=remap)
 
 
 register_ctr_spec("criteo-sample", _load_sample, argument="none")

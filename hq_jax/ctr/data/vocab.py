@@ -33,6 +33,9 @@ from hq_jax.errors import UserError
 # Keys held in memory during parsing before they are spilled to scratch files (does not change the result).
 SPILL_BYTES = 256 << 20
 
+# Global feature ids are int32: the number of features of all fields together is at most this.
+MAX_FEATURES = 2**31 - 1
+
 # Top byte of the serial key of a token longer than 8 bytes.
 _WIDE_TAG = np.uint64(0xFF << 56)
 
@@ -194,6 +197,10 @@ def build_tabular(tmp: str, source: str, fields: Fields, chunks: Iterator[tuple[
     need = 1 if fields.rare_exempt[f] else max(min_count, 1)
     local, train_counts, stats = encode_field(keys, parts[0], need)
     del keys
+    if offset + train_counts.size > MAX_FEATURES:
+      raise UserError(f"{source}: field {fields.names[f]} would end at feature id "
+                      f"{offset + train_counts.size - 1}, beyond the int32 id space (at most "
+                      f"{MAX_FEATURES:,} features); raise min_count")
     final[f] = local + np.int32(offset)
     oov += np.bincount(which[local == 0], minlength=len(SPLIT_NAMES))
     sizes.append(train_counts.size)

@@ -1,5 +1,7 @@
 """Tests for hq_jax.ctr.data.avazu: hour fields, preprocessing against a reference, golden values, errors."""
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,39 @@ def test_avazu_bad_label_and_column_count(tmp_path):
   path = ctr_files.write_avazu(tmp_path / "bad2.csv", rows)
   with pytest.raises(UserError, match=rf"^{path}:11: expected 24 columns, found 25"):
     data.load_avazu(path, cache_dir=str(tmp_path / "cache"))
+
+
+# ---- issue 21: byte-order marks, RFC 4180 quoted values at every chunk size
+
+@pytest.mark.parametrize("chunk_bytes", [2, 1 << 20])
+def test_avazu_utf8_byte_order_mark_is_dropped(tmp_path, chunk_bytes):
+  rows = ctr_files.avazu_rows(200, seed=3)
+  plain = ctr_files.write_avazu(tmp_path / "a.csv", rows)
+  bom = tmp_path / "bom.csv"
+  bom.write_bytes(b"\xef\xbb\xbf" + open(plain, "rb").read())
+  a = data.load_avazu(plain, cache_dir=str(tmp_path / "c1"))
+  b = data.load_avazu(str(bom), cache_dir=str(tmp_path / "c2"), chunk_bytes=chunk_bytes)
+  assert [f["name"] for f in a.summary["fields"]] == [f["name"] for f in b.summary["fields"]]
+  for name in ("ids", "labels", "field_offsets", "counts"):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 9, 500, 1 << 20])
+def test_avazu_quoted_values_equal_python_csv_at_every_chunk_size(tmp_path, chunk_bytes):
+  rows = ctr_files.avazu_rows(150, seed=4)
+  for i, r in enumerate(rows):  # site_id: a newline, a comma or a quote inside a quoted value
+    if i % 4 == 0:
+      r[5] = ["s\n%d", "s,%d", 's"%d', "s\n\n%d"][i // 4 % 4] % (i % 3)
+  path = tmp_path / "q.csv"
+  with open(path, "w", newline="") as f:
+    f.write(ctr_files.AVAZU_HEADER + "\n")
+    csv.writer(f, lineterminator="\n").writerows(rows)
+  records = list(csv.reader(open(path, newline="")))[1:]
+  assert records == rows
+  ds = data.load_avazu(str(path), cache_dir=str(tmp_path / "cache"), chunk_bytes=chunk_bytes)
+  assert sum(ds.summary["rows"].values()) == 150 and ds.summary["blank_lines"] == 0
+  assert ds.summary["quoted_newlines"] == sum(r[5].count("\n") for r in rows) > 0
+  ids, labels, parts = ctr_files.original_order(ds, 150)
+  np.testing.assert_array_equal(labels, [float(r[1]) for r in rows])
+  ctr_files.check_against_reference(_CategoricalFields(ds, 3), [[r[1]] + r[3:] for r in rows], parts,
+                                    ids[:, 3:], exempt=False)

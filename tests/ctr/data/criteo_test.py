@@ -1,5 +1,6 @@
 """Tests for hq_jax.ctr.data.criteo: the format, preprocessing against references, golden values, errors."""
 
+import csv
 import gzip
 import os
 
@@ -229,3 +230,105 @@ def test_criteo_one_class_split_names_file_and_split(tmp_path):
     data.load_criteo(path, cache_dir=str(tmp_path / "cache"))
   assert str(e.value).startswith(f"{path}: the test split (rows drawn by seed 0, fractions 0.8/0.1/0.1) has "
                                  "one class only: 0 positives and 10 negatives")
+
+
+# ---- issue 21: no row lost silently (quoting per layout, RFC 4180 at every chunk size), byte-order marks
+
+def _stray_quote_rows(n=120):
+  """Criteo rows where C5 of row 50 starts with '"' and C5 of row 54 ends with one (criteo-tsv-stray-quote)."""
+  rows = ctr_files.criteo_rows(n, seed=8)
+  rows[50][18] = '"' + rows[50][18]
+  rows[54][18] = rows[54][18] + '"'
+  return rows
+
+
+@pytest.mark.parametrize("chunk_bytes", [64, 1000, 1 << 20])
+def test_criteo_raw_tsv_has_no_quoting(tmp_path, chunk_bytes):
+  """In the headerless TSV a '"' is an ordinary character: every line is a row, the quotes are in the tokens."""
+  rows = _stray_quote_rows()
+  path = ctr_files.write_criteo(tmp_path / "s.tsv", rows, delim="\t", header=False)
+  ds = data.load_criteo(path, cache_dir=str(tmp_path / "cache"), chunk_bytes=chunk_bytes)
+  assert sum(ds.summary["rows"].values()) == 120
+  assert ds.summary["blank_lines"] == 0 and ds.summary["quoted_newlines"] == 0
+  ids, labels, parts = ctr_files.original_order(ds, len(rows))
+  np.testing.assert_array_equal(labels, [float(r[0]) for r in rows])
+  ctr_files.check_against_reference(ds, rows, parts, ids, exempt=True)
+
+
+def test_criteo_csv_stray_quotes_follow_rfc_4180_and_are_counted(tmp_path):
+  """In a CSV the same quotes make one legal record of lines 50-54 (as Python's csv reads it); the summary
+  says that 4 newlines were inside a quoted value, and nothing is counted as blank."""
+  rows = _stray_quote_rows()
+  path = ctr_files.write_criteo(tmp_path / "s.csv", rows, delim=",", header=False)
+  records = list(csv.reader(open(path, newline="")))
+  assert len(records) == 116
+  for chunk_bytes in (100, 1 << 20):
+    ds = data.load_criteo(path, cache_dir=str(tmp_path / f"c{chunk_bytes}"), chunk_bytes=chunk_bytes)
+    assert sum(ds.summary["rows"].values()) == 116
+    assert ds.summary["blank_lines"] == 0 and ds.summary["quoted_newlines"] == 4
+    ids, labels, parts = ctr_files.original_order(ds, len(records))
+    ctr_files.check_against_reference(ds, records, parts, ids, exempt=True)
+
+
+def _quoted_newline_file(tmp_path, n=90):
+  """A header CSV where every third record's C3 is a quoted value holding a newline, a comma or '""', with
+  blank lines between some records (csv-quoted-newline-chunk); returns (path, records as Python's csv reads
+  them, blank lines)."""
+  rows = ctr_files.criteo_rows(n, seed=9)
+  for i, r in enumerate(rows):
+    if i % 3 == 0:
+      r[16] = ["nl%d\n%s", "c%d,%s", 'q%d""%s', "two%d\n\n%s"][i % 4] % (i % 5, r[16])
+  path = tmp_path / "q.csv"
+  with open(path, "w", newline="") as f:
+    f.write(",".join(data.CRITEO_HEADER) + "\n")
+    for i, r in enumerate(rows):
+      f.write(",".join(f'"{v}"' if any(c in v for c in ',\n"') else v for v in r) + "\n")
+      f.write("\n" if i % 17 == 0 else "")
+  records = [r for r in csv.reader(open(path, newline=""))][1:]
+  return str(path), [r for r in records if r], sum(1 for r in records if not r)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 50, 333, 2048, 1 << 20])
+def test_criteo_quoted_newlines_equal_python_csv_at_every_chunk_size(tmp_path, chunk_bytes):
+  path, records, blank = _quoted_newline_file(tmp_path)
+  ds = data.load_criteo(path, cache_dir=str(tmp_path / "cache"), chunk_bytes=chunk_bytes)
+  assert sum(ds.summary["rows"].values()) == len(records) == 90
+  assert ds.summary["blank_lines"] == blank == 6
+  assert ds.summary["quoted_newlines"] == sum(r[16].count("\n") for r in records) == 24
+  ids, labels, parts = ctr_files.original_order(ds, len(records))
+  np.testing.assert_array_equal(labels, [float(r[0]) for r in records])
+  ctr_files.check_against_reference(ds, records, parts, ids, exempt=True)
+
+
+@pytest.mark.parametrize("chunk_bytes", [40, 1 << 20])
+def test_criteo_error_after_multi_line_records_names_the_bad_record(tmp_path, chunk_bytes):
+  path, records, _ = _quoted_newline_file(tmp_path, n=30)
+  text = open(path).read().split("\n")
+  bad = next(i for i in range(20, len(text)) if text[i] and "\"" not in text[i] and text[i - 1])
+  text[bad] = text[bad].rsplit(",", 1)[0]  # one column short
+  open(path, "w").write("\n".join(text))
+  with pytest.raises(UserError, match=rf"^{path}:{bad + 1}: expected 40 columns, found 39$"):
+    data.load_criteo(path, cache_dir=str(tmp_path / "cache"), chunk_bytes=chunk_bytes)
+
+
+def test_criteo_unclosed_quote_names_its_line(tmp_path):
+  rows = ctr_files.criteo_rows(40, seed=10)
+  rows[20][16] = '"open'
+  path = ctr_files.write_criteo(tmp_path / "u.csv", rows)
+  with pytest.raises(UserError, match=rf"^{path}:22: a quoted value opens here and is not closed"):
+    data.load_criteo(path, cache_dir=str(tmp_path / "cache"), chunk_bytes=300)
+
+
+@pytest.mark.parametrize("layout", ["csv_header", "tsv", "csv_no_header", "csv_header_gz"])
+def test_criteo_utf8_byte_order_mark_is_dropped(tmp_path, layout):
+  rows = ctr_files.criteo_rows(100, seed=11)
+  delim = "\t" if layout == "tsv" else ","
+  plain = ctr_files.write_criteo(tmp_path / "p.txt", rows, delim=delim, header=layout.startswith("csv_header"))
+  text = b"\xef\xbb\xbf" + open(plain, "rb").read()
+  bom = tmp_path / ("b.txt.gz" if layout.endswith("gz") else "b.txt")
+  bom.write_bytes(gzip.compress(text) if layout.endswith("gz") else text)
+  a = data.load_criteo(plain, cache_dir=str(tmp_path / "c1"))
+  b = data.load_criteo(str(bom), cache_dir=str(tmp_path / "c2"), chunk_bytes=2)
+  assert a.summary["format"] == b.summary["format"]
+  for name in ("ids", "labels", "field_offsets", "counts"):
+    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

@@ -172,3 +172,115 @@ def test_frappe_from_shared_data(tmp_path, shared_data):
       "ids": "197c38f530d154b3", "labels": "7ddbb5403cf2f3e1", "counts": "22507d2d13c2971e",
       "field_offsets": "2d53e68cf07ac81c", "split_train": "0c4d697d540b8fdb",
       "split_valid": "a5b3a5ded583381c", "split_test": "b984b9f5bd52b5d6"}
+
+
+# ---- issue 21: ids checked before anything is allocated; byte-order marks
+
+def _hashed_files(tmp_path, base: int, n=(60, 20, 20)):
+  """Three one-hot fields: ids 0..9, 10..19 and `base` + a hash % 1000 (libfm-hashed-ids)."""
+  rng = np.random.default_rng(0)
+  paths = []
+  for name, rows in zip(("train", "valid", "test"), n):
+    lines = [f"{1 if i % 2 else -1} {rng.integers(0, 10)}:1 {10 + rng.integers(0, 10)}:1 "
+             f"{base + int(rng.integers(0, 50)) * 2654435761 % 1000}:1" for i in range(rows)]
+    paths.append(ctr_files.write_libfm(tmp_path / f"{name}.libfm", lines))
+  return paths
+
+
+def _line_of(path, feature_id):
+  return next(i for i, l in enumerate(open(path), 1) if f" {feature_id}:" in l)
+
+
+@pytest.mark.parametrize("base", [2**31 - 900, 4_294_967_000, 2**64 + 5])
+def test_libfm_ids_beyond_int32_name_the_line(tmp_path, base, monkeypatch):
+  """Ids that do not fit int32 (even beyond int64) stop the load before the int32 cast, naming the line."""
+  paths = _hashed_files(tmp_path, base)
+  allocated = []
+  monkeypatch.setattr(np, "bincount", lambda *a, **k: allocated.append(k) or 1 / 0)
+  with pytest.raises(UserError) as e:
+    data.load_libfm(*paths, cache_dir=str(tmp_path / "cache"))
+  line, first = next((i, l.split()[-1].split(":")[0]) for i, l in enumerate(open(paths[0]), 1)
+                     if int(l.split()[-1].split(":")[0]) >= 2**31)
+  assert str(e.value).startswith(f"{paths[0]}:{line}: feature id {first} too large (ids are int32 table rows: "
+                                 "at most 2,147,483,647)")
+  assert not allocated
+
+
+def test_libfm_sparse_hashed_ids_name_the_line_id_and_limit(tmp_path, monkeypatch):
+  """Hashed ids near 2e9 among 70 distinct ids would make a 2e9-row table: refused before any allocation."""
+  paths = _hashed_files(tmp_path, 2_000_000_000)
+  allocated = []
+  monkeypatch.setattr(np, "bincount", lambda *a, **k: allocated.append(k) or 1 / 0)
+  largest = max(int(l.split()[-1].split(":")[0]) for p in paths for l in open(p))
+  where = next(f"{p}:{_line_of(p, largest)}" for p in paths if _line_of_or_none(p, largest))
+  with pytest.raises(UserError) as e:
+    data.load_libfm(*paths, cache_dir=str(tmp_path / "cache"))
+  assert str(e.value).startswith(f"{where}: feature id {largest} implies a table of {largest + 1:,} rows for ")
+  assert "(limit 4,194,304: the larger of 4,194,304 and 16 x the distinct ids)" in str(e.value)
+  assert not allocated
+
+
+def _line_of_or_none(path, feature_id):
+  return any(f" {feature_id}:" in l for l in open(path))
+
+
+def test_libfm_dense_rule_limits(tmp_path):
+  """An id space up to 2^22 is accepted however sparse; beyond it, only up to 16 x the distinct ids."""
+  from hq_jax.data import interactions  # noqa: PLC0415
+  assert interactions.dense_id_limit(70) == 4_194_304
+  assert interactions.dense_id_limit(1_000_000) == 16_000_000
+  assert interactions.dense_id_limit(10**9) == 2**31
+  paths = _hashed_files(tmp_path, 4_000_000)  # ids up to ~4.0M for 70 distinct: below the floor
+  ds = data.load_libfm(*paths, cache_dir=str(tmp_path / "cache"))
+  assert 4_000_000 < ds.num_features <= 4_001_000
+
+
+def test_libfm_given_layout_too_large_or_too_sparse(tmp_path):
+  train, valid, test = _generic_files(tmp_path)
+  with pytest.raises(UserError, match="field_offsets end at 3,000,000,000: ids are int32"):
+    data.load_libfm(train, valid, test, cache_dir=str(tmp_path / "cache"),
+                    field_offsets=(0, 5, 7, 12, 3_000_000_000))
+  with pytest.raises(UserError, match=r"the given libFM layout \(field offsets ending at 100,000,000\) implies "
+                                      r"a table of 100,000,000 rows for 14 distinct feature ids"):
+    data.load_libfm(train, valid, test, cache_dir=str(tmp_path / "cache"), field_offsets=(0, 5, 7, 12, 10**8))
+
+
+def test_libfm_utf8_byte_order_mark_is_dropped(tmp_path):
+  train, valid, test = _generic_files(tmp_path)
+  plain = data.load_libfm(train, valid, test, cache_dir=str(tmp_path / "c1"))
+  for p in (train, valid, test):
+    text = open(p, "rb").read()
+    open(p, "wb").write(b"\xef\xbb\xbf" + text)
+  bom = data.load_libfm(train, valid, test, cache_dir=str(tmp_path / "c2"))
+  for name in ("ids", "labels", "field_offsets", "counts"):
+    np.testing.assert_array_equal(getattr(plain, name), getattr(bom, name))
+
+
+@pytest.mark.parametrize("base", [2_000_000_000, 4_294_967_000, 2**62])
+def test_libfm_remap_ids_equals_the_files_renumbered_by_hand(tmp_path, base):
+  """remap_ids: the distinct ids of the three files, sorted, become 0..D-1; the result equals loading files
+  whose ids were renumbered that way beforehand, and raw_ids.npy maps each row back."""
+  paths = _hashed_files(tmp_path, base)
+  raw = sorted({int(t.split(":")[0]) for p in paths for l in open(p) for t in l.split()[1:]})
+  rank = {r: i for i, r in enumerate(raw)}
+  dense = []
+  for p in paths:
+    lines = [" ".join([l.split()[0]] + [f"{rank[int(t.split(':')[0])]}:1" for t in l.split()[1:]])
+             for l in open(p)]
+    dense.append(ctr_files.write_libfm(tmp_path / ("dense_" + os.path.basename(p)), lines))
+  want = data.load_libfm(*dense, cache_dir=str(tmp_path / "c1"))
+  got = data.load_ctr("libfm:" + ",".join(paths) + ",remap_ids", cache_dir=str(tmp_path / "c2"))
+  for name in ("ids", "labels", "field_offsets", "counts"):
+    np.testing.assert_array_equal(getattr(want, name), getattr(got, name))
+  assert got.num_features == len(raw) and got.summary["remapped_ids"] == {
+      "distinct": len(raw), "raw_min": raw[0], "raw_max": raw[-1]}
+  np.testing.assert_array_equal(np.load(os.path.join(got.summary["cache_path"], "raw_ids.npy")), raw)
+
+
+def test_libfm_remap_ids_errors(tmp_path):
+  paths = _hashed_files(tmp_path, 2**64)
+  with pytest.raises(UserError, match=rf"^{paths[0]}:1: feature id 184467440737095516\d\d too large to remap "
+                                      r"\(at most 9,223,372,036,854,775,807\)"):
+    data.load_libfm(*paths, cache_dir=str(tmp_path / "cache"), remap_ids=True)
+  with pytest.raises(UserError, match="cannot be used with field_offsets"):
+    data.load_libfm(*paths, cache_dir=str(tmp_path / "cache"), remap_ids=True, field_offsets=(0, 10, 20, 30))

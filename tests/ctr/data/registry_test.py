@@ -21,8 +21,9 @@ def test_load_ctr_rejects_unknown_specs(tmp_path):
 
 
 @pytest.mark.parametrize("arg,expected", [
-    ("a,b,c", (["a", "b", "c"], None)),
-    ("a,b,c,offsets=0/3/5/9", (["a", "b", "c"], [0, 3, 5, 9])),
+    ("a,b,c", (["a", "b", "c"], None, False)),
+    ("a,b,c,offsets=0/3/5/9", (["a", "b", "c"], [0, 3, 5, 9], False)),
+    ("a,b,c,remap_ids", (["a", "b", "c"], None, True)),
 ])
 def test_parse_libfm_spec(arg, expected):
   assert registry.parse_libfm_spec(arg) == expected
@@ -31,6 +32,7 @@ def test_parse_libfm_spec(arg, expected):
 @pytest.mark.parametrize("arg,message", [
     ("a,b", "expected TRAIN,VALID,TEST"), ("a,,c", "expected TRAIN,VALID,TEST"),
     ("a,b,c,d", "expected TRAIN,VALID,TEST"), ("a,b,c,offsets=0/x", "offsets must be integers"),
+    ("a,b,c,remap", "expected TRAIN,VALID,TEST"), ("a,b,c,remap_ids,offsets=0/1", "expected TRAIN,VALID,TEST"),
 ])
 def test_parse_libfm_spec_errors(arg, message):
   with pytest.raises(UserError, match=message):

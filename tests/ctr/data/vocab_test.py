@@ -7,6 +7,7 @@ import pytest
 from ctr.data import ctr_files
 from hq_jax.ctr import data
 from hq_jax.ctr.data import vocab
+from hq_jax.errors import UserError
 
 WIDE = 0xFF << 56
 
@@ -57,3 +58,13 @@ def test_spilled_keys_give_the_same_dataset(tmp_path, monkeypatch):
   for name in ("ids", "labels", "counts", "field_offsets"):
     np.testing.assert_array_equal(getattr(held, name), getattr(spilled, name))
   assert held.summary["fields"] == spilled.summary["fields"]
+
+
+def test_feature_ids_beyond_int32_are_refused_before_the_id_matrix(tmp_path, monkeypatch):
+  """Global ids are int32: a vocabulary that would pass MAX_FEATURES stops with the field's name."""
+  monkeypatch.setattr(vocab, "MAX_FEATURES", 60)
+  rows = ctr_files.criteo_rows(100, seed=12)
+  path = ctr_files.write_criteo(tmp_path / "c.csv", rows)
+  with pytest.raises(UserError, match=rf"^{path}: field \w+ would end at feature id \d+, beyond the int32 id "
+                                      r"space \(at most 60 features\); raise min_count$"):
+    data.load_criteo(path, cache_dir=str(tmp_path / "cache"))
