@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell for p in python3.12 python3 python; do command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
 WORKDIR ?= runs/lastfm_fp
 
-.PHONY: run test test-all bench setup clean
+.PHONY: run test test-all bench setup clean kernel
 
 $(VENV)/.installed: requirements.txt setup.cfg setup.py
 	@if [ -z "$(PYTHON)" ]; then echo "error: no Python >= 3.12 found (install one, or set PYTHON=...)" >&2; exit 1; fi
@@ -19,7 +19,20 @@ $(VENV)/.installed: requirements.txt setup.cfg setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed kernel
+
+# The optional compiled top-k kernel (csrc/hq_topk.cc -> build/libhq_topk.so, loaded by hq_jax/retrieval/native.py
+# through jax.ffi). A failed build only warns: the library then runs its pure-JAX search.
+CXX ?= g++
+KERNEL := build/libhq_topk.so
+KERNEL_FLAGS ?= -O3 -march=native -ffp-contract=off -std=c++17 -fPIC -shared -pthread
+kernel: $(KERNEL)
+
+$(KERNEL): csrc/hq_topk.cc $(VENV)/.installed
+	@mkdir -p build
+	@inc="$$($(PY) -c 'import jax.ffi; print(jax.ffi.include_dir())')" && \
+	  $(CXX) $(KERNEL_FLAGS) -isystem "$$inc" csrc/hq_topk.cc -o $@.tmp && mv $@.tmp $@ && echo "built $@" || \
+	  { rm -f $@.tmp; echo "warning: $@ not built (see above): retrieval runs its pure-JAX search" >&2; }
 
 run: setup
 	$(PY) -m experiments.hqgnn --config=experiments/configs/hqgnn_lastfm.py --workdir=$(WORKDIR)

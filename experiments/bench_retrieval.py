@@ -15,14 +15,21 @@ r"""Benchmarks top-K retrieval: JAX float32 / 1-bit / b-bit search against FAISS
 Writes `<out>.json` (every timing, the machine, the command) and `<out>.md` (a markdown table). Recall is
 each method's top-K against the exact float32 ranking of the same (float) embeddings.
 
-Measured (2-core Sapphire Rapids CPU, quiet, 2026-11-23; results/retrieval.md): all Gowalla users against a
-trained export, JAX float32 2.22 s vs FAISS FlatIP 1.24 s, 1 bit XOR/popcount 0.63 s vs BinaryFlat 0.48 s,
-8 bit int8 1.61 s vs SQ8 4.76 s.
+Each hq_jax method runs under both searches (`--kernels=native,jax`: the compiled kernel and the JAX search);
+every row records the load averages before and after it, the JSON the machine (`lscpu`), OPENBLAS_CORETYPE,
+the measured peaks and bandwidth, and each row's fraction of this machine's ceiling
+(`hq_jax.retrieval.benchmark.ceiling`).
+
+Measured (2-core AMD EPYC Zen 4, load ~11 from other jobs, 2026-12-07; results/retrieval.md): all Gowalla users
+against the trained export, kernel / FAISS time: float32 2.41 s / FlatIP 11.67 s, 1 bit 0.93 s / BinaryFlat
+20.05 s, 8 bit 1.89 s / FlatIP, product codes 8 x 8 2.26 s / IndexPQ 11.60 s; 16 x 4 2.55 s / IndexPQFastScan
+1.35 s (slower). FAISS's OpenMP threads suffer more from the load: see results/retrieval.md before quoting.
 """
 
 import dataclasses
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -36,7 +43,7 @@ from hq_jax.data.interactions import load_dataset
 from hq_jax.errors import UserError
 from hq_jax.export import load_export
 from hq_jax.quant import family
-from hq_jax.retrieval import benchmark
+from hq_jax.retrieval import benchmark, native
 
 _EXPORT = flags.DEFINE_string("export", "", "Training export (.npz) to search; empty = synthetic embeddings.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "LightGCN folder: its sizes and training items (excluded).")
@@ -50,6 +57,11 @@ _BATCH = flags.DEFINE_integer("batch_users", None, "Users per jitted search call
 _BLOCK = flags.DEFINE_integer("block_items", None, "Items per scanned block (default: the backend's: 65536 on CPU).")
 _METHODS = flags.DEFINE_list("methods", list(benchmark.JAX_METHODS), "JAX methods to run (plus 'export': a "
                              "quantized --export's own codes, run first by default when there is one).")
+_KERNELS = flags.DEFINE_list("kernels", list(benchmark.KERNELS), "Searches each hq_jax method runs under: "
+                             "'native' (the compiled kernel, hq_jax/retrieval/native.py) and/or 'jax' (the "
+                             "blocked JAX search); both sides of the backend's retrieval_kernel tuning.")
+_KERNEL_THREADS = flags.DEFINE_integer("kernel_threads", None, "Threads of the compiled kernel (default: every CPU "
+                                      "this process may use; --threads sets FAISS's).")
 _FAISS = flags.DEFINE_list("faiss", list(benchmark.FAISS_METHODS), "FAISS indexes to run (empty: none).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per method (after one warm-up run).")
 _THREADS = flags.DEFINE_integer("threads", 2, "FAISS OpenMP threads (match the CPU cores JAX uses).")
@@ -113,22 +125,61 @@ def _workload() -> tuple[benchmark.Workload, dict]:
   return w, info
 
 
+PEERS = [  # (hq_jax method, FAISS peer): the issue's targets (1 bit <= 0.5x BinaryFlat, float32 <= 1x FlatIP,
+          # 8 bit <= 0.5x FlatIP, product codes <= 1x IndexPQ) and the layouts' other natural peers
+    ("float32", "faiss_flat_ip"), ("1bit_xor_popcount", "faiss_binary_flat"), ("1bit_sign_matmul", "faiss_binary_flat"),
+    ("1bit_sign_int8", "faiss_binary_flat"), ("1bit_row32_xor_popcount", "faiss_binary_flat"),
+    ("1bit_row8_xor_popcount", "faiss_binary_flat"), ("1bit_4layers_row8", "faiss_binary_flat"),
+    ("8bit_int8", "faiss_flat_ip"), ("8bit_int_matmul", "faiss_flat_ip"), ("4bit_int_matmul", "faiss_sq4"),
+    ("4bit_int8", "faiss_sq4"), ("2bit_int_matmul", "faiss_sq4"), ("pq8x8", "faiss_pq8x8"),
+    ("pq16x4", "faiss_pq16x4_fastscan"),
+]
+
+
+def _machine() -> str:
+  """The CPU model from `lscpu` (else the --machine flag)."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    model = fields.get("Model name", "").strip()
+    cpus = fields.get("CPU(s)", "").strip()
+    return f"{model}, {cpus} CPUs" if model else _MACHINE.value
+  except (OSError, subprocess.SubprocessError, ValueError):
+    return _MACHINE.value
+
+
 def main(argv):
   del argv
   w, info = _workload()
   print(strict_json.dumps(info), flush=True)
+  kernels = [k for k in _KERNELS.value if k]
+  if any(k not in benchmark.KERNELS for k in kernels):
+    raise UserError(f"--kernels: choose from {', '.join(benchmark.KERNELS)}")
+  if "native" in kernels and not native.available():
+    print(f"compiled kernel unavailable ({native.unavailable_reason()}): JAX search only", flush=True)
+    kernels = [k for k in kernels if k != "native"]
+  load_start = benchmark.load_average()
   bandwidth = benchmark.measure_bandwidth()
-  print(f"measured read bandwidth: {bandwidth / 1e9:.2f} GB/s", flush=True)
+  peaks = benchmark.peak_rates()
+  print(f"measured read bandwidth: {bandwidth / 1e9:.2f} GB/s; peaks: "
+        f"{ {k: f'{v:.3g}' for k, v in peaks.items()} }; load {load_start}", flush=True)
   rows = []
-  ref = None
   methods = _methods(w.user_rep is not None)
   if "float32" in methods:  # the exact float ranking first: every recall is against it
     methods = ["float32"] + [m for m in methods if m != "float32"]
   for name in methods:
-    r = benchmark.run_jax_method(w, name, batch_users=_BATCH.value, block_items=_BLOCK.value,
-                                 repeats=_REPEATS.value, bandwidth=bandwidth)
-    rows.append(r)
-    print(f"{name}: {r['median_s']:.3f} s (compile {r['compile_s']:.2f} s)", flush=True)
+    for kernel in kernels:
+      before = benchmark.load_average()
+      try:
+        r = benchmark.run_jax_method(w, name, batch_users=_BATCH.value, block_items=_BLOCK.value,
+                                     repeats=_REPEATS.value, bandwidth=bandwidth, kernel=kernel,
+                                     threads=_KERNEL_THREADS.value)
+      except UserError as e:  # e.g. keys wider than the kernel takes: the JAX row still runs
+        print(f"{name} [{kernel}]: skipped ({e})", flush=True)
+        continue
+      r.update(load_before=before, load_after=benchmark.load_average())
+      rows.append(r)
+      print(f"{name} [{kernel}]: {r['median_s']:.3f} s", flush=True)
   faiss_names = [n for n in _FAISS.value if n]
   if faiss_names:
     try:
@@ -137,38 +188,53 @@ def main(argv):
       print("faiss is not installed (pip install -e .[bench]): skipping FAISS", flush=True)
       faiss_names = []
   for name in faiss_names:
+    before = benchmark.load_average()
     r = benchmark.run_faiss_method(w, name, repeats=_REPEATS.value, threads=_THREADS.value)
+    r.update(load_before=before, load_after=benchmark.load_average())
     rows.append(r)
     print(f"{name}: {r['median_s']:.3f} s", flush=True)
   ref = next((r["items"] for r in rows if r["method"] == "float32"), None)
   if ref is None:  # recall needs the exact float ranking
     ref = benchmark.run_jax_method(w, "float32", batch_users=_BATCH.value, block_items=_BLOCK.value,
                                    repeats=0, bandwidth=bandwidth)["items"]
+  pairs = len(w.users) * w.item_emb.shape[0]
+  by = {(r["method"], r["kernel"]): r["median_s"] for r in rows}
+  faiss_by = {r["method"]: r["median_s"] for r in rows if r["kernel"] == "faiss"}
+  faiss_cpu = {r["method"]: r.get("cpu_s") for r in rows if r["kernel"] == "faiss"}
+  peer_of = dict(PEERS)
+  if w.item_rep is not None and family.family_of(w.item_rep).kind == "pq":  # a product-code export's peer
+    peer_of[benchmark.EXPORT_METHOD] = "faiss_pq8x8"
+  ratios, cpu_ratios = {}, {}
   for r in rows:
     r["recall"] = benchmark.recall_at_k(r.pop("items"), ref)
-  by = {r["method"]: r["median_s"] for r in rows}
-  ratios = {}
-  peers = [("1bit_xor_popcount", "faiss_binary_flat"), ("1bit_sign_matmul", "faiss_binary_flat"),
-           ("float32", "faiss_flat_ip"), ("8bit_int_matmul", "faiss_sq8"), ("8bit_int8", "faiss_sq8"),
-           ("4bit_int_matmul", "faiss_sq4")]
-  if w.item_rep is not None and family.family_of(w.item_rep).kind == "pq":  # a product-code export's peers
-    peers += [(benchmark.EXPORT_METHOD, name) for name in benchmark.FAISS_PQ]
-  for ours, theirs in peers:
-    if ours in by and theirs in by:
-      ratios[f"{ours}/{theirs}"] = by[ours] / by[theirs]
+    r.update(benchmark.ceiling(r, dim=w.item_emb.shape[1], pairs=pairs, peaks=peaks, bandwidth=bandwidth))
+    r.pop("_table", None)
+    peer = peer_of.get(r["method"])
+    if r["kernel"] != "faiss" and peer in faiss_by:
+      r["peer"], r["peer_ratio"] = peer, r["median_s"] / faiss_by[peer]
+      ratios[f"{r['method']}[{r['kernel']}]/{peer}"] = r["peer_ratio"]
+      if r.get("cpu_s") and faiss_cpu.get(peer):
+        r["peer_cpu_ratio"] = r["cpu_s"] / faiss_cpu[peer]
+        cpu_ratios[f"{r['method']}[{r['kernel']}]/{peer}"] = r["peer_cpu_ratio"]
+  del by
   result = {**info, "command": " ".join(["python -m experiments.bench_retrieval"] + sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"), "machine": _MACHINE.value, "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()], "bandwidth_bytes_per_s": bandwidth,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": _machine(), "jax": jax.__version__,
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "load_start": load_start,
+            "load_end": benchmark.load_average(), "devices": [str(d) for d in jax.devices()],
+            "bandwidth_bytes_per_s": bandwidth, "peak_ops_per_s": peaks, "kernels": kernels,
+            "kernel_threads": (_KERNEL_THREADS.value or native.default_threads()) if native.available() else None,
             "batch_users": _BATCH.value or backend.tunings().batch_users,
             "tunings": dataclasses.asdict(backend.tunings()), "repeats": _REPEATS.value, "faiss_threads": _THREADS.value,
-            "time_ratios": ratios, "methods": rows}
+            "time_ratios": ratios, "cpu_time_ratios": cpu_ratios, "methods": rows}
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value + ".json", "w") as f:
     strict_json.dump(result, f, indent=1)
   table = benchmark.markdown_table(rows)
   with open(_OUT.value + ".md", "w") as f:
     f.write(f"{result['command']}\n\n{result['machine']}, {result['date']}, jax {jax.__version__}, "
-            f"bandwidth {bandwidth / 1e9:.2f} GB/s\n\n{table}\n\nratios: {strict_json.dumps(ratios)}\n")
+            f"load {load_start} -> {result['load_end']}, OPENBLAS_CORETYPE={result['openblas_coretype']}, "
+            f"bandwidth {bandwidth / 1e9:.2f} GB/s, peaks {strict_json.dumps(peaks)}\n\n{table}\n\n"
+            f"ratios: {strict_json.dumps(ratios)}\n\nCPU-time ratios: {strict_json.dumps(cpu_ratios)}\n")
   print(table)
   print("ratios:", strict_json.dumps(ratios))
 

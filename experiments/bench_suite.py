@@ -407,7 +407,8 @@ def markdown(summary: dict) -> str:
                 "| method | kind | median (s) | queries/s | recall@20 vs float32 | peer | vs peer | vs JAX float32 |",
                 "|---|---|---|---|---|---|---|---|"]
       for m in r["methods"]:
-        lines.append(f"| {m['method']} | {m.get('kind', 'faiss')} | {m['median_s']:.3f} | {m['queries_per_s']:,.0f} | "
+        search = f" [{m['kernel']}]" if m.get("kernel") not in (None, "faiss") else ""  # native kernel / JAX search
+        lines.append(f"| {m['method']}{search} | {m.get('kind', 'faiss')} | {m['median_s']:.3f} | {m['queries_per_s']:,.0f} | "
                      f"{m['recall']:.4f} | {m.get('peer', '-')} | {_ratio(m.get('vs_peer'))} | "
                      f"{_ratio(m.get('vs_jax_float32'))} |")
     lines += _failure(e)

@@ -216,7 +216,9 @@ def run(data, users: np.ndarray, items: np.ndarray, dataset: str) -> dict:
           "machine_after": fp.machine_state(), "reference": reference, "rows": rows}
 
 
-def markdown_subsection(doc: dict) -> str:
+def markdown_subsection(doc: dict, ours: list[dict] = ()) -> str:
+  """The dataset's subsection: command, machine, the summary table, hq_jax's rows on the same encoder
+  against the best FAISS row (when `ours` has any), every row."""
   mb, ma = doc["machine_before"], doc["machine_after"]
   reference = doc["reference"]["recall@20"]
   png = _PLOT.value
@@ -228,23 +230,25 @@ def markdown_subsection(doc: dict) -> str:
           f"{doc['repeats']} runs after a warm-up, all {doc['num_users']} users x {doc['num_items']} items. "
           f"Float32 encoder: Recall@20 {reference:.4f}, NDCG@20 {doc['reference']['ndcg@20']:.4f}."
           + (f" Plot: `{png}`." if png else "")
-          + "".join(f"\n\nRows not refitted by that command come from the earlier `{run['command']}` "
+          + "".join(f"\n\nRows not fitted by that command come from another run, `{run['command']}` "
                     f"({run['machine_before']['utc']} to {run['machine_after']['utc']}, load averages "
                     f"{run['machine_before']['loadavg']} before, {run['machine_after']['loadavg']} after)."
                     for run in doc.get("earlier_runs", [])) + "\n\n"
           + fp.summary_table(doc["rows"], reference) + "\n\n" + (doc["note"] + "\n\n" if doc.get("note") else "")
+          + ("hq_jax on this encoder against the best FAISS row of each length and layout group:\n\n"
+             + fp.head_to_head(doc["rows"], list(ours), reference) + "\n\n" if ours else "")
           + "Every row:\n\n"
-          + fp.markdown_table(doc["rows"] + fp.published_rows(doc["dataset"]), reference) + "\n")
+          + fp.markdown_table(doc["rows"] + list(ours) + fp.published_rows(doc["dataset"]), reference) + "\n")
 
 
-def update_markdown(path: str, doc: dict) -> None:
+def update_markdown(path: str, doc: dict, ours: list[dict] = ()) -> None:
   text = open(path).read() if os.path.exists(path) else HEADER
   if PEERS_HEADING not in text.splitlines():
     text = fp.replace_section(text, PEERS_HEADING, PEERS_INTRO)
   lines = text.splitlines()
   start = lines.index(PEERS_HEADING)
   end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
-  section = fp.replace_section("\n".join(lines[start:end]), f"### {doc['label']}", markdown_subsection(doc))
+  section = fp.replace_section("\n".join(lines[start:end]), f"### {doc['label']}", markdown_subsection(doc, ours))
   out = "\n".join(lines[:start]) + ("\n" if start else "") + section.rstrip("\n") + "\n"
   if end < len(lines):
     out += "\n" + "\n".join(lines[end:]) + "\n"
@@ -280,15 +284,17 @@ by `hq_jax.evaluation.evaluate` on test. Nothing is chosen for a peer, so no val
 
 
 def write_outputs(doc: dict) -> None:
-  """--markdown and --plot from a run's document."""
+  """--markdown and --plot from a run's document (hq_jax's rows of --front_rows, --hq_workdirs and
+  --lowbit_summaries join both)."""
+  dataset = doc["dataset"]
+  extra = [r for path in _FRONT_ROWS.value for r in fp.load_front_rows(path)]
+  extra += [fp.row_from_workdir(w, dataset) for w in _HQ_WORKDIRS.value]
+  extra += [r for path in _LOWBIT.value for r in fp.rows_from_lowbit_summary(path, dataset)]
+  ours = fp.merge_seeds([r for r in extra if r["dataset"].lower() == dataset])
   if _MARKDOWN.value:
-    update_markdown(_MARKDOWN.value, doc)
+    update_markdown(_MARKDOWN.value, doc, ours)
   if _PLOT.value:
-    dataset = doc["dataset"]
-    extra = [r for path in _FRONT_ROWS.value for r in fp.load_front_rows(path)]
-    extra += [fp.row_from_workdir(w, dataset) for w in _HQ_WORKDIRS.value]
-    extra += [r for path in _LOWBIT.value for r in fp.rows_from_lowbit_summary(path, dataset)]
-    rows = doc["rows"][1:] + fp.published_rows(dataset) + [r for r in extra if r["dataset"].lower() == dataset]
+    rows = doc["rows"][1:] + fp.published_rows(dataset) + ours
     float_row = doc["rows"][0]
     fp.plot_front(rows, _PLOT.value, f"{doc['label']}: Recall@20 against bits per node (test)",
                   reference=doc["reference"]["recall@20"],

@@ -468,28 +468,40 @@ def row_from_workdir(workdir: str, dataset: str, method: str | None = None) -> d
     raise UserError(f"{path}: no bits_per_node (nor representation_bytes and the dataset's size)")
   return check_front_row({
       "method": method or f"hq_jax {r.get('model', os.path.basename(workdir.rstrip('/')))}",
-      "dataset": dataset, "family": "hq_jax", "layout": "both", "bits_per_node": float(bits),
+      "dataset": dataset, "family": "hq_jax", "layout": r.get("layout", "both"), "bits_per_node": float(bits),
       "codebook_bits_per_node": float(r.get("codebook_bits_per_node", 0.0)),
       "recall@20": float(r["metrics"]["recall@20"]), "ndcg@20": float(r["metrics"].get("ndcg@20", float("nan"))),
       "split": config.get("eval", {}).get("split", "test"), "seeds": [config.get("seed", 0)],
       "topk_seconds": r.get("topk_seconds"), "source": path}, path)
 
 
+def merge_seeds(rows: list[dict]) -> list[dict]:
+  """Rows of one method, layout and length (e.g. one `row_from_workdir` per seed) as one row whose
+  recall@20 / ndcg@20 / seeds are lists over them; the first row's other fields; order kept."""
+  merged: dict[tuple, dict] = {}
+  as_list = lambda v: list(v) if isinstance(v, list) else [v]
+  for r in rows:
+    key = (r["method"], r.get("layout"), r["bits_per_node"])
+    if key not in merged:
+      merged[key] = {**r, "recall@20": as_list(r["recall@20"]), "seeds": list(r.get("seeds") or []),
+                     "ndcg@20": None if r.get("ndcg@20") is None else as_list(r["ndcg@20"])}
+      continue
+    m = merged[key]
+    m["recall@20"] += as_list(r["recall@20"])
+    m["seeds"] += list(r.get("seeds") or [])
+    m["ndcg@20"] = None if m["ndcg@20"] is None or r.get("ndcg@20") is None else m["ndcg@20"] + as_list(r["ndcg@20"])
+  return list(merged.values())
+
+
 def rows_from_lowbit_summary(path: str, dataset: str) -> list[dict]:
   """Front rows of an `experiments.hqgnn_lowbit` summary (.json beside its --out table: {variant: {bits_per_node,
   seeds, recall@20: [per seed], ndcg@20: [...]}}); the 'start' / 'fp' rows (float) are left out."""
-  try:
-    data = read_json(path)
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path}: cannot read a low-bit summary ({e})") from None
-  if not isinstance(data, dict):
-    raise UserError(f"{path}: not a summary written by experiments.hqgnn_lowbit --out")
+  from experiments.lowbit_variants import read_summary  # noqa: PLC0415 - imports the trainer (jax)
+  data = read_summary(path, prefix="low-bit summary: ")
   rows = []
   for name, s in data.items():
     if name in ("start", "fp") or name.startswith("pre"):
       continue
-    if not isinstance(s, dict) or not {"bits_per_node", "recall@20"} <= s.keys():
-      raise UserError(f"{path}: not a summary written by experiments.hqgnn_lowbit --out (row {name!r})")
     rows.append(check_front_row({
         "method": f"hq_jax {name}", "dataset": dataset, "family": "hq_jax", "layout": "both",
         "bits_per_node": float(s["bits_per_node"]), "codebook_bits_per_node": 0.0,  # per-matrix scalars are in
@@ -532,6 +544,30 @@ def summary_table(rows: list[dict], reference: float) -> str:
     values = [f"{mean_of(by_bits[b]['recall@20']):.4f} ({100 * mean_of(by_bits[b]['recall@20']) / reference:.0f}%)"
               if b in by_bits else "-" for b in lengths]
     lines.append(f"| {FAMILY_LABELS[FAMILIES[f]]} | {LAYOUTS[l]} | " + " | ".join(values) + " |")
+  return "\n".join(lines)
+
+
+def head_to_head(peers: list[dict], ours: list[dict], reference: float) -> str:
+  """Per code length and layout group ("both": users and items coded, either FAISS layout; "items": users
+  float), the best FAISS row against the best hq_jax row on the same encoder: Recall@20 (mean over seeds),
+  % of the float encoder, and hq_jax's lead. Lengths where neither side has a row are left out; a missing
+  side is '-'."""
+  group = lambda r: "items" if r.get("layout") == "items" else "both"
+  best: dict[tuple, dict] = {}
+  for side, rows in (("faiss", [r for r in peers if r.get("family") in FAMILY_LABELS]), ("hq_jax", ours)):
+    for r in rows:
+      key = (r["bits_per_node"], group(r), side)
+      if key not in best or mean_of(r["recall@20"]) > mean_of(best[key]["recall@20"]):
+        best[key] = r
+  cell = lambda r: "-" if r is None else (
+      f"{r['method']}: {mean_of(r['recall@20']):.4f} ({100 * mean_of(r['recall@20']) / reference:.1f}%)"
+      + (f", {len(r['recall@20'])} seeds" if isinstance(r["recall@20"], list) and len(r["recall@20"]) > 1 else ""))
+  lines = ["| bits / coded node | layout | best FAISS row | best hq_jax row | hq_jax - FAISS |",
+           "| --- | --- | --- | --- | --- |"]
+  for bits, layout in sorted({k[:2] for k in best}):
+    f, h = best.get((bits, layout, "faiss")), best.get((bits, layout, "hq_jax"))
+    lead = "-" if f is None or h is None else f"{mean_of(h['recall@20']) - mean_of(f['recall@20']):+.4f}"
+    lines.append(f"| {bits:g} | {layout} | {cell(f)} | {cell(h)} | {lead} |")
   return "\n".join(lines)
 
 

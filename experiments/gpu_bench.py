@@ -15,8 +15,8 @@ run cut short still returns what it measured; `--budget_s` bounds the whole run:
    GEMM rate, float32 GEMM rate at HIGHEST precision (what float32 retrieval uses), bf16 GEMM rate, and the
    XOR + popcount rate of a compute-bound fused loop.
 2. all-user top-20 retrieval at Gowalla size (29,858 x 40,981, training items excluded) and at 10^7 items
-   (29,858 users, synthetic), d = 64: float32, 8 bit (int8), 4 bit (int8), 1 bit XOR/popcount and 1 bit +-1
-   int8 matmul. Each against the device's roofline: the larger of (fewest bytes: codes + user rows read once,
+   (29,858 users, synthetic), d = 64: float32, 8 bit (int8), 4 bit (int8), 1 bit XOR/popcount, 1 bit +-1
+   int8 matmul and product codes (8 x 8 bits, users float: FAISS IndexPQ's layout). Each against the device's roofline: the larger of (fewest bytes: codes + user rows read once,
    results written once) / copy bandwidth and (arithmetic: 2 d ops per pair on the unit that does them, or
    d / 32 popcounts) / the measured rate. `roofline_fraction` = floor / measured (issue target: >= 0.5 for
    8 bit and 1 bit). Also shown: the floor if every pair's score went through memory once (8 bytes/pair),
@@ -25,7 +25,9 @@ run cut short still returns what it measured; `--budget_s` bounds the whole run:
    1024-item tiles; 131,072-item blocks x 4,096 users vs 65,536 x 1,024 (at 10^7 items); int8 vs
    XOR/popcount for 1 bit and int8 vs float32-while-exact for 4 / 8 bit (from section 2 plus the float
    kinds); the sorted segment sum vs BCSR (and BCSR with `jax_bcoo_cusparse_lowering`) for LightGCN
-   propagation + gradient on Gowalla; deferred vs per-batch host copies.
+   propagation + gradient on Gowalla; deferred vs per-batch host copies; `retrieval_kernel`: the device's
+   JAX search vs the compiled CPU kernel (`hq_jax.retrieval.native`, built on the device machine's host by
+   `gpu_bench.sh run`) for float32, 8 bit, 1 bit and product codes.
 4. Gowalla epoch time: `experiments.bench_epoch` (the trainer's jitted step, both aggregations) beside the
    PyTorch reference step on CUDA.
 5. time to Recall@20 >= 0.182 and NDCG@20 >= 0.154: `experiments.hqgnn` with
@@ -60,7 +62,7 @@ from hq_jax import backend  # noqa: E402
 from hq_jax import strict_json  # noqa: E402
 from hq_jax.data.interactions import load_dataset  # noqa: E402
 from hq_jax.hqgnn import graph as graph_lib  # noqa: E402
-from hq_jax.retrieval import benchmark, scoring  # noqa: E402
+from hq_jax.retrieval import benchmark, native, scoring  # noqa: E402
 from hq_jax.workdir import device_description  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -75,7 +77,7 @@ _SECTIONS = flags.DEFINE_list("sections", ["ceilings", "retrieval", "choices", "
                               "Sections to run.")
 
 RECALL_TARGET, NDCG_TARGET = 0.182, 0.154
-METHODS = ("float32", "8bit_int8", "4bit_int8", "1bit_xor_popcount", "1bit_sign_int8")
+METHODS = ("float32", "8bit_int8", "4bit_int8", "1bit_xor_popcount", "1bit_sign_int8", "pq8x8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +218,7 @@ def run_methods(w: benchmark.Workload, methods, ceil: dict, repeats: int, clock:
     r = benchmark.run_jax_method(w, name, batch_users=None, block_items=None, repeats=repeats,
                                  bandwidth=ceil["read_bytes_per_s"])
     items = r.pop("items")
+    r.pop("_table", None)
     if name == "float32":
       ref = items
     r["recall_vs_float32"] = benchmark.recall_at_k(items, ref) if ref is not None else None
@@ -246,12 +249,15 @@ def both_sides(name: str, chosen: dict, other: dict) -> dict:
 
 
 def timed_method(w, name, tunings: backend.Tunings, ceil) -> dict:
+  """One method under `tunings` (its `retrieval_kernel` included: 'native' runs the compiled CPU kernel)."""
   with backend.override(tunings):
     r = benchmark.run_jax_method(w, name, batch_users=None, block_items=None, repeats=_REPEATS.value,
-                                 bandwidth=ceil["read_bytes_per_s"])
+                                 bandwidth=ceil["read_bytes_per_s"], kernel=tunings.retrieval_kernel)
   r.pop("items")
-  return {"method": name, "median_s": r["median_s"], "kind": r["kind"], "block_items": r["block_items"],
-          "batch_users": r["batch_users"], "tunings": dataclasses.asdict(tunings)}
+  r.pop("_table", None)
+  return {"method": name, "median_s": r["median_s"], "kind": r["kind"], "kernel": r["kernel"],
+          "block_items": r.get("block_items"), "batch_users": r.get("batch_users"),
+          "tunings": dataclasses.asdict(tunings)}
 
 
 def propagation_sides(s: Sizes) -> list[dict]:
@@ -298,6 +304,16 @@ def choices(s: Sizes, ceil: dict, retrieval_rows: dict, clock: Clock) -> dict:
                           timed_method(w, other, t, ceil)))
   out.append(both_sides("defer_host_copies (8bit_int8, Gowalla size)", timed_method(w, "8bit_int8", t, ceil),
                         timed_method(w, "8bit_int8", dataclasses.replace(t, defer_host_copies=False), ceil)))
+  # retrieval_kernel: the device's JAX search vs the compiled CPU kernel on this machine's host CPU (built by
+  # gpu_bench.sh run; without it the pair is recorded as skipped)
+  for m in ("float32", "8bit_int8", "1bit_xor_popcount", "pq8x8"):
+    if not native.available():
+      out.append({"choice": f"retrieval_kernel ({m})", "skipped": native.unavailable_reason()})
+      break
+    if clock.left() < 60:
+      break
+    out.append(both_sides(f"retrieval_kernel (jax vs native host CPU, {m}, Gowalla size)", timed_method(w, m, t, ceil),
+                          timed_method(w, m, dataclasses.replace(t, retrieval_kernel="native"), ceil)))
   del w
   for label in ("gowalla", "items_1e7"):
     by = {r["method"]: r for r in retrieval_rows.get(label, {}).get("methods", []) if "median_s" in r}

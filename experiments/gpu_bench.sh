@@ -28,6 +28,12 @@ case "${1:-}" in
   run)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+    # the compiled CPU top-k kernel, for the retrieval_kernel choice (the native side runs on this host's CPU);
+    # without a compiler that pair is recorded as skipped
+    mkdir -p build
+    timeout 120 "${CXX:-g++}" -O3 -march=native -ffp-contract=off -std=c++17 -fPIC -shared -pthread \
+      -isystem "$(python3 -c 'import jax.ffi; print(jax.ffi.include_dir())')" csrc/hq_topk.cc -o build/libhq_topk.so \
+      || echo "compiled top-k kernel not built: the retrieval_kernel pair is skipped"
     OUT="${OUT:-results/bench/gpu}"
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv > "$OUT/nvidia_smi.csv" || true

@@ -66,6 +66,24 @@ def finished_results(workdir: str, config) -> dict | None:
   return results if isinstance(results, dict) and "metrics" in results else None
 
 
+def read_summary(path: str, *, prefix: str = "") -> dict:
+  """Rows {variant: summary} of one .json summary written by --out (each with bits_per_node and recall@20).
+
+  Raises UserError (its message starting with `prefix`) for a missing or unreadable file, or one that is not
+  such a summary.
+  """
+  try:
+    data = read_json(path)
+  except (OSError, ValueError) as e:
+    raise UserError(f"{prefix}cannot read {path}: {e}") from e
+  if not isinstance(data, dict):
+    raise UserError(f"{prefix}{path} is not a summary written by --out (not a JSON object)")
+  for name, row in data.items():
+    if not isinstance(row, dict) or not {"bits_per_node", "recall@20"} <= row.keys():
+      raise UserError(f"{prefix}{path} is not a summary written by --out (row {name!r})")
+  return data
+
+
 def merged_summaries(paths: list[str]) -> dict:
   """Rows {variant: summary} of earlier .json summaries, later files replacing earlier rows of the same name.
 
@@ -73,16 +91,7 @@ def merged_summaries(paths: list[str]) -> dict:
   """
   rows = {}
   for path in paths:
-    try:
-      data = read_json(path)
-    except (OSError, ValueError) as e:
-      raise UserError(f"--merge: cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-      raise UserError(f"--merge: {path} is not a summary written by --out (not a JSON object)")
-    for name, row in data.items():
-      if not isinstance(row, dict) or not {"bits_per_node", "recall@20"} <= row.keys():
-        raise UserError(f"--merge: {path} is not a summary written by --out (row {name!r})")
-      rows[name] = row
+    rows.update(read_summary(path, prefix="--merge: "))
   return rows
 
 

@@ -39,6 +39,13 @@ are checked by `experiments/gpu_bench.py`, which times both sides of each GPU ch
   (CPU: kept as it was timed in results/retrieval.md; on 2 cores the host's numpy work would compete with
   XLA's threads). On a GPU the host's exclusion lists for batch b + 1 are built while batch b runs, and the
   results are fetched at the end.
+* `retrieval_kernel`: how `retrieval.topk` searches. CPU: `native`, the compiled kernel of
+  `hq_jax.retrieval.native` (csrc/hq_topk.cc through `jax.ffi`: scoring, exclusion and a per-user top-K
+  fused, AVX-512 popcount / VNNI, both cores), when it is built and loads (else the JAX search, silently: the
+  same ranking for integer keys; for float rows both are float32 evaluations, see `native`). XLA:CPU cannot
+  fuse the selection into the scoring, and its `top_k` costs more than the arithmetic (results/retrieval.md):
+  at Gowalla size the kernel is several times faster than the JAX search. GPU/TPU: `jax` (the kernel is
+  x86 CPU code; the accelerator runs the blocked JAX search).
 * `bandwidth_probe_bytes`: the array a benchmark's bandwidth probe reduces: 256 MiB on CPU (several times
   the last-level cache), 2 GiB on a GPU (launch overhead < 1% of the ~0.5 ms read).
 
@@ -72,13 +79,15 @@ class Tunings:
   sparse_kernel: Literal["bcsr", "segment"]  # how `graph.csr_aggregate` multiplies by the CSR adjacency
   defer_host_copies: bool  # search: fetch every batch's result after all batches are dispatched
   bandwidth_probe_bytes: int  # bytes the benchmarks' memory-bandwidth probe reads
+  retrieval_kernel: Literal["native", "jax"] = "jax"  # `retrieval.topk`: the compiled CPU kernel or the JAX search
 
 
 CPU = Tunings(backend="cpu", item_tile=1024, block_items=65536, batch_users=1024, one_bit_kind="hamming",
               wide_kind="float_when_exact", sparse_kernel="bcsr", defer_host_copies=False,
-              bandwidth_probe_bytes=1 << 28)
+              bandwidth_probe_bytes=1 << 28, retrieval_kernel="native")
 GPU = Tunings(backend="gpu", item_tile=0, block_items=131072, batch_users=4096, one_bit_kind="int8",
-              wide_kind="int8", sparse_kernel="segment", defer_host_copies=True, bandwidth_probe_bytes=1 << 31)
+              wide_kind="int8", sparse_kernel="segment", defer_host_copies=True, bandwidth_probe_bytes=1 << 31,
+              retrieval_kernel="jax")
 # TPU: the GPU's reasoning (matrix units for integer products, no cache-sized tiles, no BCSR kernel), with
 # the CPU's block sizes: TPU HBM is 16-95 GB per chip and nothing here was measured on one.
 TPU = dataclasses.replace(GPU, backend="tpu", block_items=65536, batch_users=1024)

@@ -37,6 +37,7 @@ only, and every process waits until it is on disk.
 """
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -390,8 +391,9 @@ class Checkpointer:
     ours = sorted((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(jax.tree.map(_abstract, abstract_state)))
     if theirs == ours:
       return ""
-    missing = [s for s in ours if s not in theirs][:2]
-    extra = [s for s in theirs if s not in ours][:2]
+    # Multiset differences: a state with one more (1,) float32 array than stored names that array.
+    missing = sorted((collections.Counter(ours) - collections.Counter(theirs)).elements())[:2]
+    extra = sorted((collections.Counter(theirs) - collections.Counter(ours)).elements())[:2]
     return (f"{len(theirs)} stored arrays vs {len(ours)} expected; expected but not stored: {missing}; "
             f"stored but not expected: {extra}")
 

@@ -202,7 +202,10 @@ def test_gpu_choices_give_the_cpu_ranking(on_backend, bits, sharded_search):
     results[name] = search(users, items, indptr, indices, query, k)  # the backend's block, batch and tile
   (s_cpu, i_cpu), (s_gpu, i_gpu) = results["cpu"], results["gpu"]
   np.testing.assert_array_equal(i_gpu, i_cpu)
-  np.testing.assert_array_equal(s_gpu, s_cpu)
+  if bits == 0 and not sharded_search:  # float rows: the CPU's compiled kernel sums in another float32 order
+    np.testing.assert_allclose(s_gpu, s_cpu, rtol=1e-5)
+  else:
+    np.testing.assert_array_equal(s_gpu, s_cpu)
   assert (i_cpu >= 0).all()
 
 

@@ -2,7 +2,6 @@
 
 import gc
 import os
-import shutil
 import sys
 import time
 
@@ -12,6 +11,7 @@ import pytest
 
 from hq_jax import checkpoint, workdir
 from hq_jax.checkpoint import Checkpointer, UnreadableCheckpointError
+from tests.conftest import damaged_copies
 from hq_jax.errors import UserError
 
 
@@ -105,16 +105,8 @@ def test_a_failed_restore_leaves_no_late_callbacks_or_coroutines(tmp_path):
   try:
     with Checkpointer(str(tmp_path / "ck")) as ck:
       ck.save(1, _state(1))
-    files = sorted(p for p in (tmp_path / "ck" / "1").rglob("*") if p.is_file() and p.stat().st_size > 50)
     errors = 0
-    for i, path in enumerate(files):
-      copy = tmp_path / f"copy{i}"
-      shutil.copytree(tmp_path / "ck", copy)
-      target = copy / path.relative_to(tmp_path / "ck")
-      data = bytearray(target.read_bytes())
-      for j in range(min(40, len(data) - 1), len(data), 31):
-        data[j] ^= 0xFF
-      target.write_bytes(bytes(data))
+    for _, copy in damaged_copies(tmp_path / "ck", "1", tmp_path, first=40, stride=31, min_size=50):
       with Checkpointer(str(copy)) as ck:
         try:
           ck.restore(_state(1), 1)
@@ -126,3 +118,13 @@ def test_a_failed_restore_leaves_no_late_callbacks_or_coroutines(tmp_path):
     sys.unraisablehook = previous
   assert errors
   assert [f"{u.exc_type.__name__}: {u.exc_value}" for u in seen] == []
+
+
+def test_shape_mismatch_names_the_extra_array_of_a_repeated_shape(tmp_path):
+  # Stored and expected differ only in how many (3,) float32 arrays they hold: the message names that one.
+  three = lambda: np.zeros((3,), np.float32)
+  with Checkpointer(str(tmp_path / "ck")) as ck:
+    ck.save(1, {"a": three(), "b": three()})
+    message = ck.shape_mismatch({"a": three(), "b": three(), "c": three()}, 1)
+  assert message == ("2 stored arrays vs 3 expected; expected but not stored: [((3,), 'float32')]; "
+                     "stored but not expected: []")

@@ -102,3 +102,20 @@ def finish_all(procs, timeout: float) -> None:
         p.kill()
   for p, err in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]
+
+
+def damaged_copies(root: pathlib.Path, step: str, tmp_path: pathlib.Path, *, first: int, stride: int,
+                   min_size: int = 0):
+  """Yields `(file, copy_root)` once per file of checkpoint step `root/step` of more than `min_size` bytes:
+  `copy_root` is a fresh copy of the checkpoint folder `root` in which that one file has every `stride`-th
+  byte from `first` on inverted (a damaged copy for restore tests)."""
+  files = sorted(p for p in (root / step).rglob("*") if p.is_file() and p.stat().st_size > min_size)
+  for i, path in enumerate(files):
+    copy = tmp_path / f"damaged{i}"
+    shutil.copytree(root, copy)
+    target = copy / path.relative_to(root)
+    data = bytearray(target.read_bytes())
+    for j in range(min(first, len(data) - 1), len(data), stride):
+      data[j] ^= 0xFF
+    target.write_bytes(bytes(data))
+    yield path, copy

@@ -147,21 +147,12 @@ def _state(seed):
 def test_damage_anywhere_in_a_checkpoint_never_restores_other_values(tmp_path):
   """Flip bytes in each file of a step: the restore raises, or gives back exactly what was saved (orbax
   alone restores some small damaged arrays with other values; the checksum catches them)."""
-  import shutil
   from hq_jax.checkpoint import Checkpointer
+  from tests.conftest import damaged_copies
   with Checkpointer(str(tmp_path / "ck")) as ck:
     ck.save(1, _state(1))
-  files = sorted(p for p in (tmp_path / "ck" / "1").rglob("*") if p.is_file())
-  assert len(files) >= 5
   outcomes = []
-  for i, path in enumerate(files):
-    copy = tmp_path / f"copy{i}"
-    shutil.copytree(tmp_path / "ck", copy)
-    target = copy / path.relative_to(tmp_path / "ck")
-    data = bytearray(target.read_bytes())
-    for j in range(min(100, len(data) - 1), len(data), 97):
-      data[j] ^= 0xFF
-    target.write_bytes(bytes(data))
+  for path, copy in damaged_copies(tmp_path / "ck", "1", tmp_path, first=100, stride=97):
     with Checkpointer(str(copy)) as ck:
       try:
         got = ck.restore(_state(1), 1)
@@ -170,6 +161,7 @@ def test_damage_anywhere_in_a_checkpoint_never_restores_other_values(tmp_path):
         continue
     assert all(np.array_equal(np.asarray(got[k]), v) for k, v in _state(1).items()), path.name
     outcomes.append("same")
+  assert len(outcomes) >= 5
   assert "error" in outcomes
 
 

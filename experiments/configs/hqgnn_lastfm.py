@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.quant.pq_subspaces = 8  # M (divides model.dim)
   config.quant.pq_bits = 8  # b <= 8
   config.quant.pq_codebooks = "separate"  # shared (one set for users and items) or separate (one per side)
+  # both (users and items coded) or items (items coded, users float: FAISS's asymmetric "items" layout)
+  config.quant.pq_sides = "both"
   config.quant.pq_update = "gradient"  # gradient (Adam on dL/dC) or ema (VQ-VAE's EMA k-means, arXiv 1711.00937)
   config.quant.pq_learning_rate = 1e-3  # gradient: Adam lr of the codebooks
   config.quant.pq_ema_decay = 0.99  # ema: decay of the moving averages per step

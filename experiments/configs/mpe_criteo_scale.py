@@ -27,6 +27,8 @@ cannot see).
 
 Variants (`--config=experiments/configs/mpe_criteo_scale.py:VARIANT`):
   (none)   the full comparison: R = 15,000,000 rows (12M train), 6,780,382 features.
+  6m       R = 6,000,000 rows (4.8M train), otherwise the full comparison: what the session of 2026-12-07 ran
+           (its 2 cores were shared with other jobs; results/mpe_scale.md).
   medium   R = 1,000,000 rows, 6,780,382 features, MLP (256, 128): 80 steps per phase.
   smoke    R = 100,000 rows, 6,780,382 features, MLP (64, 32), batch 5,000: 16 steps per phase.
   test     R = 20,000 rows, 5,000 features, small MLP, 16 groups: tests/ctr/planted_test.py.
@@ -69,7 +71,9 @@ def get_config(variant: str | None = None):
   c.train.table_optimizer = "lazy_adam"
   c.mesh.row_multiple = 64
   c.mpe.num_groups, c.mpe.tau, c.mpe.lam = 128, 3e-3, 3e-4
-  if variant == "medium":
+  if variant == "6m":
+    rows = 6_000_000
+  elif variant == "medium":
     rows = 1_000_000
     c.model.hidden = (256, 128)
   elif variant == "smoke":
@@ -84,6 +88,6 @@ def get_config(variant: str | None = None):
     c.mpe.num_groups = 16
     c.mesh.row_multiple = 0
   elif variant:
-    raise ValueError(f"unknown variant {variant!r}; expected medium, smoke or test")
+    raise ValueError(f"unknown variant {variant!r}; expected 6m, medium, smoke or test")
   c.data.spec = f"planted:rows={rows},features={features},seed=0"
   return c

@@ -46,9 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   })
   # Device mesh (hq_jax.parallel): batches split over `data`, the table's rows over `model`; the product is
   # the number of devices (every process's). row_multiple pads the table to a multiple of it (0: of `model`);
-  # a fixed one (e.g. 64) lets a checkpoint move between mesh shapes. data and model change fp, lsq and qr
-  # results only by float rounding (test AUC within 1e-4 of one device, tests/ctr/train_mesh_test.py; a rerun
-  # may change them); alpt and mpe still move by 1e-3-1e-2 on a multi-device mesh (issue 21, open).
-  # row_multiple changes the checkpoint's shapes.
+  # a fixed one (e.g. 64) lets a checkpoint move between mesh shapes. data and model change every method's steps
+  # only by float rounding (a rerun may change them): fp (dense Adam, row-wise Adagrad), lsq and qr end within
+  # 1e-4 test AUC of one device (tests/ctr/train_mesh_test.py); alpt, mpe and fp with lazy Adam amplify that
+  # rounding over a run (1e-4 to 4e-2 on the test config; README "Several devices"). row_multiple changes the
+  # checkpoint's shapes.
   c.mesh = ml_collections.ConfigDict({"data": 1, "model": 1, "row_multiple": 0})
   return c

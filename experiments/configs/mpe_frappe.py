@@ -8,7 +8,8 @@ zero-gradient biases before BatchNorm (issue 21); details and all rows in result
   mpe (lambda 3e-4, this config): test AUC 0.9802, logloss 0.1839, 3.106 mean bits/feature (10.3x by
     32/bits, 9.7x by bytes), 10 search + 8 retrain epochs, ~17 min wall on the loaded machine.
   mpe with --config.mpe.lam=1e-3: test AUC 0.9801, 2.349 bits (13.6x / 12.6x): within 0.001 of fp.
-  fp: 0.9810 (6 epochs, ~7 min); lsq (6 bit): 0.9816; alpt: 0.9805; qr: 0.9750.
+  fp: 0.9810 (6 epochs, ~7 min); lsq (6 bit): 0.9816; qr: 0.9750; alpt: 0.9790 (rerun 2026-12-08 after its
+    step-size fix, issue 21; 0.9805 before).
   fp with --config.train.table_optimizer=lazy_adam: 0.9815 (results/scale.md).
 Before that fix (the old model, 2026-11-23 / 11-30, not rerun): fp 0.9813 with rowwise_adagrad at
   --config.train.table_learning_rate=1e-2.

@@ -13,7 +13,8 @@ zero-gradient biases before BatchNorm (issue 21); all rows in results/mpe.md):
   mpe (lambda 3e-2, this config): test AUC 0.7326, logloss 0.4934, 0.320 mean bits/feature (99.9x by
     32/bits, 63.0x by bytes), 2 search + 2 retrain epochs (early-stopped), ~7 min wall on the loaded machine.
   mpe with lambda 1e-3 / 3e-3: 0.7311 / 0.7331 at 0.641 / 0.609 bits (50.0x / 52.5x by 32/bits).
-  fp: 0.7206 (~3.5 min; with --config.train.l2=3e-6: 0.7212); lsq 6 bit 0.7197; alpt 0.7198; qr 0.7110.
+  fp: 0.7206 (~3.5 min; with --config.train.l2=3e-6: 0.7212); lsq 6 bit 0.7197; qr 0.7110; alpt 0.7140
+    (rerun 2026-12-08 after its step-size fix, issue 21; 0.7198 before; results/mpe.md).
   fp with --config.train.table_optimizer=lazy_adam: 0.7218; with rowwise_adagrad at
   --config.train.table_learning_rate=1e-2: 0.7222 (results/scale.md).
 """

@@ -3,11 +3,17 @@
 Each is an NNX module with the interface of `models.Embedding` (`__call__(ids)`, `regularizer()`,
 `post_update(rng)`), so the trainer treats all methods alike; LSQ+ and ALPT subclass it.
 - `LSQEmbedding`: every row quantized with LSQ+ at one width (6 bits in the authors' comparison).
-- `ALPTEmbedding` (low-precision training): the table is kept equal to alpha * int8 codes; after every
-  optimizer step the updated rows are written back to the integer grid with stochastic rounding
-  (`stochastic_round`), and alpha learns through the LSQ gradient of an 8-bit quantizer without offset.
-  For simplicity the trainer holds the table as float32 in memory, constrained to that grid after each
-  step; the export stores the int8 codes (1 byte per entry) plus alpha. With a sparse table optimizer only
+- `ALPTEmbedding` (adaptive low-precision training, Li et al. 2022, arXiv 2212.05735): the table is kept
+  equal to alpha * int8 codes. Each step updates the rows (the forward pass reads them as they are stored),
+  then alpha learns from the loss of the updated float rows quantized with it (the LSQ gradient of an 8-bit
+  quantizer without offset, through the updated dense layers: `models.PostUpdateParam`,
+  `train.make_train_step`), then the updated rows are written back to the grid of the new alpha with
+  stochastic rounding (`stochastic_round`), the order of Hetu's ALPT implementation (`ALPTEmbTrainer`).
+  (Learnt in the step's own forward pass, on rows already on its grid, alpha would have a true gradient of 0
+  and random-walk on rounding noise.) One alpha for the whole table, as `specs/mpe.md` describes the
+  baseline; Hetu's implementation learns one per feature, with its own learning rate. For simplicity
+  the trainer holds the table as float32 in memory, constrained to that grid after each step; the export
+  stores the int8 codes (1 byte per entry) plus alpha. With a sparse table optimizer only
   the batch's rows are written back (on the grid of the current alpha); the other rows keep the grid of the
   alpha of their last update, and the forward pass and the export round them to the current grid.
 - `QREmbedding`: quotient-remainder trick, e_x = R[x mod m] * Q[x // m] with m = ceil(N / ratio).
@@ -20,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from hq_jax.ctr import lsq
-from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, QuantParam, TableParam
+from hq_jax.ctr.models import EMBEDDING_INIT_STD, Embedding, PostUpdateParam, QuantParam, TableParam
 
 
 def stochastic_round(x: jax.Array, rng: jax.Array) -> jax.Array:
@@ -51,12 +57,13 @@ class LSQEmbedding(Embedding):
 
 
 class ALPTEmbedding(Embedding):
-  """Embeddings stored as alpha * b-bit integers (b = 8), written back with stochastic rounding."""
+  """Embeddings stored as alpha * b-bit integers (b = 8), written back with stochastic rounding; alpha is learnt
+  from the updated rows before they are written back (a `PostUpdateParam`)."""
 
   def __init__(self, num_features: int, dim: int, bits: int = 8, *, rngs: nnx.Rngs):
     self.num_features, self.dim, self.bits = num_features, dim, bits
     w0 = EMBEDDING_INIT_STD * jax.random.normal(rngs.params(), (num_features, dim))
-    self.alpha = QuantParam(lsq.init_step(w0, bits))
+    self.alpha = PostUpdateParam(lsq.init_step(w0, bits))
     self.table = TableParam(self.constrain_rows(w0, rngs.params()))
 
   def constrain_rows(self, rows: jax.Array, rng: jax.Array) -> jax.Array:
@@ -70,6 +77,9 @@ class ALPTEmbedding(Embedding):
     return lsq.quantize_codes(self.table[...], lsq.effective_step(self.alpha[...]), 0.0, self.bits).astype(jnp.int8)
 
   def embed_rows(self, rows: jax.Array, ids: jax.Array) -> jax.Array:
+    """Q(rows) on the grid of the current alpha, with LSQ's gradients. In the step's forward pass the rows are on
+    that grid already (the stored values; with a sparse optimizer, rows last written under an older alpha are
+    re-rounded); in alpha's own pass they are the updated float rows, from which alpha learns."""
     del ids
     return lsq.lsq_quantize(rows, lsq.effective_step(self.alpha[...]), jnp.zeros((self.dim,)), self.bits,
                             self.num_features * self.dim)

@@ -22,6 +22,16 @@ class QuantParam(nnx.Param):
   """A quantizer parameter (step sizes, offset, precision logits): learnt, but exempt from the L2 coupling."""
 
 
+class PostUpdateParam(QuantParam):
+  """A quantizer parameter learnt after the step's update of the other parameters, from the loss of the updated
+  weights quantized with it, before they are written back: ALPT's step size, which Li et al. 2022 (arXiv
+  2212.05735) learn alternately with the weights, in this order in Hetu's ALPT implementation. The trainer
+  leaves it out of the step's gradient and gives it a second one, and its own optimizer state
+  (`train.make_train_step`). Learnt from the step's own forward pass, on weights kept on its grid, it would
+  have a true gradient of 0 (round(w / alpha) - w / alpha is 0 but for rounding), which Adam turns into
+  learning-rate-sized steps of rounding noise."""
+
+
 def fm_second_order(e: jax.Array) -> jax.Array:
   """FM pairwise term 0.5 * sum_d[(sum_f e_fd)^2 - sum_f e_fd^2] of (b, F, D) embeddings -> (b,)."""
   return 0.5 * jnp.sum(jnp.square(jnp.sum(e, axis=1)) - jnp.sum(jnp.square(e), axis=1), axis=-1)

@@ -100,16 +100,28 @@ def create_table_optimizer(config: ml_collections.ConfigDict) -> sparse.TableOpt
                                 float(config.train.table_learning_rate or config.train.learning_rate))
 
 
-# What the dense optimizer updates when a sparse optimizer has the table (else: every Param).
-DENSE_BUT_TABLE = nnx.All(nnx.Param, nnx.Not(models.TableParam))
+def main_params(table_opt: sparse.TableOptimizer | None) -> nnx.filterlib.Filter:
+  """What the step differentiates and `tx` updates first: every Param but the table where a sparse optimizer has
+  it, and but the parameters learnt after that update (`models.PostUpdateParam`: ALPT's step size)."""
+  keep = [nnx.Param, nnx.Not(models.PostUpdateParam)]
+  return nnx.All(*keep, nnx.Not(models.TableParam)) if table_opt is not None else nnx.All(*keep)
 
 
 def init_optimizer(model: models.CTRModel, tx: optax.GradientTransformation,
                    table_opt: sparse.TableOptimizer | None):
-  """The optimizer state of `model`: `tx`'s alone, or {'dense': tx's, 'table': table_opt's}."""
-  if table_opt is None:
+  """The optimizer state of `model`: `tx`'s of every Param where `tx` updates them all at once (every method but
+  ALPT with dense Adam: the checkpoints' layout), else a dict of 'dense' (`tx`'s of the `main_params`), 'table'
+  (`table_opt`'s, with a sparse table optimizer) and 'post_update' (`tx`'s of the `models.PostUpdateParam`s,
+  if any: ALPT's step size has its own optimizer state, as in Hetu's ALPT implementation)."""
+  post = nnx.state(model, models.PostUpdateParam)
+  if table_opt is None and not jax.tree.leaves(post):
     return tx.init(nnx.state(model, nnx.Param))
-  return {"dense": tx.init(nnx.state(model, DENSE_BUT_TABLE)), "table": table_opt.init(model.embedding.table[...])}
+  state = {"dense": tx.init(nnx.state(model, main_params(table_opt)))}
+  if table_opt is not None:
+    state["table"] = table_opt.init(model.embedding.table[...])
+  if jax.tree.leaves(post):
+    state["post_update"] = tx.init(post)
+  return state
 
 
 def l2_penalty(model: models.CTRModel, rows: jax.Array | None = None) -> jax.Array:
@@ -131,16 +143,24 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, l2: float, la
                     table_opt: sparse.TableOptimizer | None = None, out_shardings=None):
   """A jitted `(params, rest, opt_state, ids, labels, rng) -> (params, rest, opt_state, measurements)`.
 
+  One step: the loss's gradient with respect to the `main_params`; `tx` (and `table_opt`) update them; the
+  `models.PostUpdateParam`s (ALPT's step size) learn from the loss of the updated weights (the updated float
+  rows quantized with the step, through the updated dense layers, as Hetu's ALPT implementation does; this
+  second pass's BatchNorm statistics are dropped); then the table is written back where its method keeps it
+  (`Embedding.post_update` / `constrain_rows`: ALPT's grid of the new step).
+
   With `table_opt`, the step is sparse (`sparse.py`): the loss is differentiated with respect to the batch's
-  unique rows W[unique(ids)] (U, D), not the table, and `table_opt` writes only those rows back, so no
+  unique rows W[unique(ids)] (U, D), not the table, and only those rows are updated and written back, so no
   (N, D) array is computed; the other parameters stay on `tx`. On a mesh, `out_shardings` pins the outputs'
   layouts to the state's (so that no call recompiles for a layout XLA chose).
   """
+  main = main_params(table_opt)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1, 2), out_shardings=out_shardings)
   def train_step(params, rest, opt_state, ids, labels, rng):
     model = nnx.merge(graphdef, params, rest)
     emb = model.embedding
+    post_update = bool(jax.tree.leaves(nnx.state(model, models.PostUpdateParam)))
     if table_opt is not None:  # The table's rows, padding included: padded unique slots stay out of range.
       unique, inverse = sparse.unique_rows(ids, emb.table.shape[0])
       rows = sparse.gather_rows(emb.table[...], unique)
@@ -155,21 +175,30 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, l2: float, la
       return loss, (bce, reg)
 
     # nnx.value_and_grad differentiates the Params and lets BatchNorm update its statistics in place.
-    dense = nnx.Param if table_opt is None else DENSE_BUT_TABLE
-    grad_fn = nnx.value_and_grad(loss_fn, argnums=(nnx.DiffState(0, dense), 1), has_aux=True)
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=(nnx.DiffState(0, main), 1), has_aux=True)
     (loss, (bce, reg)), grads = grad_fn(model, None if table_opt is None else rows)
-    params = nnx.state(model, dense)
-    updates, dense_state = tx.update(grads[0], opt_state if table_opt is None else opt_state["dense"], params)
+    params = nnx.state(model, main)
+    split_state = table_opt is not None or post_update  # `init_optimizer`'s dict
+    updates, dense_state = tx.update(grads[0], opt_state["dense"] if split_state else opt_state, params)
     nnx.update(model, optax.apply_updates(params, updates))
+    new_state = {"dense": dense_state}
+    if table_opt is not None:  # Only the batch's rows of W and of the table's optimizer state are read and written.
+      rows, new_state["table"] = table_opt.step_rows(rows, opt_state["table"], unique, grads[1])
+    post_grads = None
+    if post_update:  # From the updated weights, before the write-back; a second forward pass's statistics dropped.
+      post = nnx.state(model, models.PostUpdateParam)
+      post_grads = nnx.grad(lambda m: loss_fn(m, None if table_opt is None else rows)[0],
+                            argnums=nnx.DiffState(0, models.PostUpdateParam))(nnx.clone(model))
+      post_updates, new_state["post_update"] = tx.update(post_grads, opt_state["post_update"], post)
+      nnx.update(model, optax.apply_updates(post, post_updates))
     if table_opt is None:
       emb.post_update(rng)
-      opt_state = dense_state
-    else:  # Only the batch's rows of W and of the table's optimizer state are read and written.
-      emb.table[...], table_state = table_opt.update(emb.table[...], opt_state["table"], unique, grads[1],
-                                                     project=lambda r: emb.constrain_rows(r, rng))
-      opt_state = {"dense": dense_state, "table": table_state}
+    else:
+      emb.table[...] = sparse.scatter_rows(emb.table[...], unique, emb.constrain_rows(rows, rng))
+    opt_state = new_state if split_state else dense_state
     _, params, rest = nnx.split(model, nnx.Param, ...)
-    return params, rest, opt_state, {"loss": loss, "bce": bce, "reg": reg, "grad_norm": optax.tree.norm(grads)}
+    return params, rest, opt_state, {"loss": loss, "bce": bce, "reg": reg,
+                                     "grad_norm": optax.tree.norm((grads, post_grads))}
 
   return train_step
 

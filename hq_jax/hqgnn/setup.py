@@ -117,7 +117,7 @@ def quantizer_config(config: ml_collections.ConfigDict) -> quant_module.Quantize
     try:
       return quant_module.QuantizerConfig(
           kind="pq", estimator=q.estimator, pq_subspaces=int(q.pq_subspaces), pq_bits=int(q.pq_bits),
-          pq_codebooks=q.pq_codebooks, pq_update=q.pq_update, pq_ema_decay=float(q.pq_ema_decay),
+          pq_codebooks=q.pq_codebooks, pq_sides=q.pq_sides, pq_update=q.pq_update, pq_ema_decay=float(q.pq_ema_decay),
           pq_kmeans_iterations=int(q.pq_kmeans_iterations), pq_seed=int(config.seed))
     except ValueError as e:
       raise UserError(f"config.quant (kind='pq', estimator={q.estimator!r}): {e}") from None
@@ -316,8 +316,8 @@ def model_name(c: model_lib.ModelConfig) -> str:
     return "lightgcn"
   q = c.quant
   if q.kind == "pq":
-    return (f"hqgnn-pq{q.pq_subspaces}x{q.pq_bits}-{q.estimator}-{q.pq_codebooks}"
-            + ("-ema" if q.pq_update == "ema" else ""))
+    return (f"hqgnn-pq{q.pq_subspaces}x{q.pq_bits}-{q.estimator}-"
+            + ("items" if q.pq_sides == "items" else q.pq_codebooks) + ("-ema" if q.pq_update == "ema" else ""))
   name = f"hqgnn-{q.bits}bit-{q.estimator}"
   if q.bits == 1 and q.one_bit_scale == "row":
     name += f"-row{q.scale_bits}"

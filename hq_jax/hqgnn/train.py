@@ -173,8 +173,9 @@ def gradient_change(x: jax.Array, xhat: jax.Array, delta: jax.Array) -> dict:
 
 def representation_bytes(users, items) -> int:
   """Bytes of the stored user + item representation: bit-packed codes + float32 scalars (product codes:
-  codes + float32 codebooks, counted once when both sides share them), or float32."""
-  if isinstance(users, pq.ProductCodes):
+  codes + float32 codebooks, counted once when both sides share them; float32 users beside coded items), or
+  float32."""
+  if isinstance(items, pq.ProductCodes):
     return family.storage(users, items)["representation_bytes"]
   if hasattr(users, "nbytes_packed"):  # QuantizedMatrix or LayeredQuantized
     return users.nbytes_packed() + items.nbytes_packed()
@@ -183,12 +184,18 @@ def representation_bytes(users, items) -> int:
 
 def code_bits_per_node(users, items) -> dict:
   """Product codes: {'bits_per_node': code bits per node (users and items), 'codebook_bits_per_node': the
-  codebooks' share, reported beside it}; {} for other representations (their bits per node count every
-  stored byte)."""
-  if not isinstance(users, pq.ProductCodes):
+  codebooks' share, reported beside it, 'layout': 'both'}; with float users ('layout': 'items', FAISS's
+  "items coded, users float"), both per coded node, i.e. per item. {} for other representations (their bits
+  per node count every stored byte)."""
+  if not isinstance(items, pq.ProductCodes):
     return {}
   stored = family.storage(users, items)
-  return {k: stored[k] for k in ("bits_per_node", "codebook_bits_per_node")}
+  if isinstance(users, pq.ProductCodes):
+    return {"bits_per_node": stored["bits_per_node"], "codebook_bits_per_node": stored["codebook_bits_per_node"],
+            "layout": "both"}
+  num_items = int(np.shape(items.codes)[0])
+  return {"bits_per_node": stored["item_bits_per_node"], "layout": "items",
+          "codebook_bits_per_node": 8.0 * stored["codebook_bytes"] / num_items}
 
 
 def _log(msg: str) -> None:
@@ -201,7 +208,7 @@ RESULT_NEUTRAL_KEYS = ("train.log_every", "train.checkpoint_every", "train.stop_
 # Config keys added after runs were made, with the values that mean the behaviour from before them.
 ADDED_KEYS = {"mesh.row_multiple": 0, "train.warmup_epochs": 0, "quant.rotation": "none", "quant.itq_iterations": 50,
               "quant.drop_user_scales": False, "quant.kind": "scalar", "quant.pq_subspaces": 8, "quant.pq_bits": 8,
-              "quant.pq_codebooks": "separate", "quant.pq_update": "gradient", "quant.pq_learning_rate": 1e-3,
+              "quant.pq_codebooks": "separate", "quant.pq_sides": "both", "quant.pq_update": "gradient", "quant.pq_learning_rate": 1e-3,
               "quant.pq_ema_decay": 0.99, "quant.pq_kmeans_iterations": 25, "quant.pq_rotation": "none",
               "quant.pq_opq_iterations": 20}
 

@@ -29,6 +29,7 @@ from hq_jax.quant import quantizer
 KINDS = ("scalar", "pq")
 PQ_CODEBOOKS = ("shared", "separate")
 PQ_UPDATES = ("gradient", "ema")
+PQ_SIDES = ("both", "items")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,7 @@ class QuantizerConfig:
   pq_subspaces: int = 8  # M: subspaces of d / M dimensions (M divides d)
   pq_bits: int = 8  # b <= 8: 2^b codewords per subspace, so M * b code bits per row
   pq_codebooks: str = "separate"  # 'shared' by users and items, or 'separate' (one set per side)
+  pq_sides: str = "both"  # 'both' coded, or 'items' (items coded, users float: asymmetric scoring, as FAISS's ADC)
   pq_update: str = "gradient"  # codebooks by 'gradient' (dL/dC through x^) or 'ema' (VQ-VAE's EMA k-means)
   pq_ema_decay: float = 0.99  # 'ema': the moving averages' decay per training step
   pq_kmeans_iterations: int = 25  # Lloyd iterations of the k-means initialisation
@@ -81,6 +83,11 @@ class QuantizerConfig:
       raise ValueError(f"pq_subspaces must be >= 1, got {self.pq_subspaces}")
     if self.pq_codebooks not in PQ_CODEBOOKS:
       raise ValueError(f"pq_codebooks must be one of {PQ_CODEBOOKS}, got {self.pq_codebooks!r}")
+    if self.pq_sides not in PQ_SIDES:
+      raise ValueError(f"pq_sides must be one of {PQ_SIDES}, got {self.pq_sides!r}")
+    if self.pq_sides == "items" and self.pq_codebooks == "shared":
+      raise ValueError("pq_sides='items' codes the items only: there is no second side to share codebooks with "
+                       "(pq_codebooks must be 'separate')")
     if self.pq_update not in PQ_UPDATES:
       raise ValueError(f"pq_update must be one of {PQ_UPDATES}, got {self.pq_update!r}")
     if not 0.0 <= self.pq_ema_decay < 1.0:
@@ -174,8 +181,8 @@ class EmbeddingQuantizer(nnx.Module):
 class ProductQuantizer(nnx.Module):
   """Product codes of the user and item representations (final embeddings, (U, d) and (I, d)).
 
-  `codebooks`: (S, M, 2^b, d / M), S = 1 (shared: one k-means of users and items stacked) or 2 (users, items,
-  each its own k-means); with `pq_update = 'ema'` also `ema_counts` (S, M, K) and `ema_sums` (S, M, K, d / M),
+  `codebooks`: (S, M, 2^b, d / M), S = 1 (shared: one k-means of users and items stacked; or items only,
+  `pq_sides = 'items'`, users kept float) or 2 (users, items, each its own k-means); with `pq_update = 'ema'` also `ema_counts` (S, M, K) and `ema_sums` (S, M, K, d / M),
   started consistent with the k-means result (counts = rows per codeword, sums = codeword * count).
   """
 
@@ -184,7 +191,7 @@ class ProductQuantizer(nnx.Module):
     users_x0, items_x0 = jnp.asarray(users_x0, jnp.float32), jnp.asarray(items_x0, jnp.float32)
     pq.check_pq_shape(users_x0.shape[-1], c.pq_subspaces, c.pq_bits)
     key = jax.random.key(c.pq_seed)
-    sides = [jnp.concatenate([users_x0, items_x0])] if c.pq_codebooks == "shared" else [users_x0, items_x0]
+    sides = self._code_sets(users_x0, items_x0)
     books = jnp.stack([pq.init_codebooks(x, c.pq_subspaces, c.pq_bits, jax.random.fold_in(key, s),
                                          c.pq_kmeans_iterations) for s, x in enumerate(sides)])
     if c.pq_update == "gradient":
@@ -196,6 +203,18 @@ class ProductQuantizer(nnx.Module):
     self.ema_counts = EMAState(counts)
     self.ema_sums = EMAState(books * counts[..., None])
 
+  def _code_sets(self, users, items):
+    """The row sets that own one codebook set each, in codebook order: [users; items] stacked (shared),
+    users then items (separate), or items alone (`pq_sides = 'items'`). Works on any per-row arrays."""
+    if self.config.pq_sides == "items":
+      return [items]
+    return [jnp.concatenate([users, items])] if self.config.pq_codebooks == "shared" else [users, items]
+
+  @property
+  def codes_users(self) -> bool:
+    """Whether users are coded (False: `pq_sides = 'items'`, users stay float)."""
+    return self.config.pq_sides == "both"
+
   def side_codebooks(self, side: int) -> jax.Array:
     """(M, K, d / M) codebooks of side 0 (users) or 1 (items)."""
     books = self.codebooks[...]
@@ -203,9 +222,13 @@ class ProductQuantizer(nnx.Module):
 
   def __call__(self, users_x: jax.Array, items_x: jax.Array, delta_users: jax.Array | None = None,
                delta_items: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(users x^, items x^) by `estimators.fake_quant_pq`; EMA codebooks get no gradient."""
+    """(users x^, items x^) by `estimators.fake_quant_pq` (users x^ = x when only items are coded); EMA
+    codebooks get no gradient."""
     out = []
     for side, (x, delta) in enumerate(((users_x, delta_users), (items_x, delta_items))):
+      if side == 0 and not self.codes_users:
+        out.append(x)
+        continue
       books = self.side_codebooks(side)
       if self.config.pq_update == "ema":
         books = jax.lax.stop_gradient(books)
@@ -213,9 +236,12 @@ class ProductQuantizer(nnx.Module):
     return out[0], out[1]
 
   def quantized(self, users_x: jax.Array, items_x: jax.Array) -> tuple[pq.ProductCodes, pq.ProductCodes]:
-    """The stored codes of both sides (`pq.ProductCodes`; with shared codebooks both hold the same ones)."""
-    return tuple(pq.quantize(x, self.side_codebooks(side), self.config.pq_bits)
-                 for side, x in enumerate((users_x, items_x)))
+    """The stored codes of both sides (`pq.ProductCodes`; with shared codebooks both hold the same ones); with
+    `pq_sides = 'items'` the users are their float32 rows (n, d)."""
+    items = pq.quantize(items_x, self.side_codebooks(1), self.config.pq_bits)
+    if not self.codes_users:
+      return jnp.asarray(users_x, jnp.float32), items
+    return pq.quantize(users_x, self.side_codebooks(0), self.config.pq_bits), items
 
   def ema_update(self, users_x: jax.Array, items_x: jax.Array, user_weights: jax.Array | None = None,
                  item_weights: jax.Array | None = None) -> None:
@@ -225,10 +251,7 @@ class ProductQuantizer(nnx.Module):
     ones = lambda x: jnp.ones((x.shape[0],), jnp.float32)
     wu = ones(users_x) if user_weights is None else user_weights
     wi = ones(items_x) if item_weights is None else item_weights
-    if c.pq_codebooks == "shared":
-      sides = [(jnp.concatenate([users_x, items_x]), jnp.concatenate([wu, wi]))]
-    else:
-      sides = [(users_x, wu), (items_x, wi)]
+    sides = list(zip(self._code_sets(users_x, items_x), self._code_sets(wu, wi)))
     books, counts, sums = self.codebooks[...], self.ema_counts[...], self.ema_sums[...]
     new = [pq.ema_codebooks(x, pq.encode(x, books[s]), counts[s], sums[s], decay=c.pq_ema_decay, weights=w)
            for s, (x, w) in enumerate(sides)]

@@ -1,6 +1,8 @@
 """Retrieval from quantized embeddings: packing, exact integer ranking keys, blocked top-K, index, sharded
 search. Every representation family (`hq_jax.quant.family`: float rows, scalar and layer-wise codes,
-product codes) goes through the same search; `scoring` says how each is ranked.
+product codes) goes through the same search; `scoring` says how each is ranked. On CPU the search is a
+compiled kernel (`native`, csrc/hq_topk.cc through `jax.ffi`) when `make kernel` has built it, else the
+blocked JAX search (`topk`); `hq_jax.backend` chooses.
 
 Typical use:
   from hq_jax.export import load_export

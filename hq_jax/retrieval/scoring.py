@@ -46,6 +46,9 @@ real-valued scores of two items differ by less than the float32 rounding of thei
 d 2^-24 sum_j |u_j x_ij|) the two may come in either order, as in any float32 search (FAISS's included).
 Where every float32 partial sum is exact (e.g. codewords and user rows of dyadic values with few
 significant bits, as the tests construct) it is exactly the order of the real-valued scores, ties included.
+The compiled CPU kernel (`hq_jax.retrieval.native`, the CPU's default search) ranks the same rows by one
+fixed float32 evaluation instead (its "lane sum", defined in NumPy by `native.lane_sum_scores`), exactly;
+the integer keys above it computes exactly as well, so for scalar and layer-wise codes both searches agree.
 """
 
 import dataclasses

@@ -47,6 +47,7 @@ from hq_jax import backend
 from hq_jax.errors import UserError
 from hq_jax.retrieval import lex
 from hq_jax.retrieval import limbs as limbs_lib
+from hq_jax.retrieval import native
 from hq_jax.retrieval import scoring
 
 GROUP = 32  # items per group = bits of one exclusion mask word
@@ -296,22 +297,42 @@ def topk(user_rep: scoring.Rep, item_rep: scoring.Rep, exclude_indptr: np.ndarra
     users: (B,) user ids to retrieve for.
     k: results per user (1 <= k <= num_items).
     block_items: items per scanned block (memory: about B * block_items / 8 bytes of mask per block);
-      default: the backend's (`hq_jax.backend`).
+      default: the backend's (`hq_jax.backend`). JAX search only.
     batch_users: users per jitted call (the last batch is padded, so one compilation serves all); default:
-      the backend's.
+      the backend's. JAX search only.
     method: scoring method (see `scoring.ranking_scores`; 'auto' picks the backend's exact inner product).
+
+  Which search runs is the backend's `retrieval_kernel` (`hq_jax.backend`): on CPU the compiled kernel
+  (`hq_jax.retrieval.native`) when it is built, else (and on GPU / TPU, or for integer keys of 2^62 or
+  more) the blocked JAX search below.
 
   Returns:
     (scores, items): numpy (B, k) float32 ranking keys and int32 item ids, best first, ties by lower id
-    (exactly the order of the dequantized scores for scalar and layer-wise codes; for float rows and
-    product codes the float path's order of the decoded rows, see `scoring`); id -1 (key -inf) where a
+    (exactly the order of the dequantized scores for scalar and layer-wise codes, whichever search; for
+    float rows and product codes a float32 evaluation of the decoded rows' inner products: the kernel's
+    lane sum, or the JAX search's matmul + rescoring, see `native` and `scoring`); id -1 (key -inf) where a
     user has fewer than k eligible items.
   """
+  if backend.tunings().retrieval_kernel == "native" and native.available():
+    ids, indptr, indices, _ = validated_args(user_rep, item_rep, exclude_indptr, exclude_indices, users, k)
+    native_table = native.prepare_items(item_rep, user_rep, method)
+    if native_table is not None:
+      return native.search(native.prepare_users(user_rep, native_table), native_table, indptr, indices, ids, k)
   users, exclude_indptr, exclude_indices, num_items, prepared, table = prepare_search(
       user_rep, item_rep, exclude_indptr, exclude_indices, users, k, method)
   blocked_table, _ = pad_table(table, block_items)
   return search_prepared(prepared, blocked_table, num_items, exclude_indptr, exclude_indices, users, k,
                          batch_users=batch_users)
+
+
+def validated_args(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int):
+  """(users int64, exclude_indptr int64, exclude_indices int32, num_items), checked (`check_topk_args`)."""
+  users = np.asarray(users, np.int64).reshape(-1)
+  exclude_indptr = np.asarray(exclude_indptr, np.int64)
+  exclude_indices = np.asarray(exclude_indices, np.int32)
+  num_items = scoring.num_rows(item_rep)
+  check_topk_args(scoring.num_rows(user_rep), num_items, users, k, exclude_indptr)
+  return users, exclude_indptr, exclude_indices, num_items
 
 
 def prepare_search(user_rep, item_rep, exclude_indptr, exclude_indices, users, k: int, method: str):
@@ -320,19 +341,16 @@ def prepare_search(user_rep, item_rep, exclude_indptr, exclude_indices, users, k
   Returns:
     (users int64, exclude_indptr int64, exclude_indices int32, num_items, prepared users, item table).
   """
-  users = np.asarray(users, np.int64).reshape(-1)
-  exclude_indptr = np.asarray(exclude_indptr, np.int64)
-  exclude_indices = np.asarray(exclude_indices, np.int32)
-  num_users = scoring.num_rows(user_rep)
-  num_items = scoring.num_rows(item_rep)
-  check_topk_args(num_users, num_items, users, k, exclude_indptr)
+  users, exclude_indptr, exclude_indices, num_items = validated_args(user_rep, item_rep, exclude_indptr,
+                                                                    exclude_indices, users, k)
   table = scoring.prepare_items(item_rep, user_rep, method)
   prepared = scoring.prepare_users(user_rep, table)
   return users, exclude_indptr, exclude_indices, num_items, prepared, table
 
 
 def key_values(words, spec: scoring.KeySpec) -> np.ndarray:
-  """(B, k) float32 values of the result's key words (exact below 2^24; -inf for removed)."""
+  """(B, k) float32 values of the result's key words (exact below 2^24; -inf for removed; +-inf beyond
+  float32's range, which wide keys, e.g. row scales spanning 2^+-70, can reach)."""
   words = [np.asarray(w) for w in words]
   if spec.tier == "i32":
     first = words[0]
@@ -343,7 +361,8 @@ def key_values(words, spec: scoring.KeySpec) -> np.ndarray:
   value = np.zeros(words[0].shape, np.float64)
   for w in words:
     value = value * float(1 << limbs_lib.WORD_BITS) + w.astype(np.float64)
-  return np.where(np.isneginf(words[0]), -np.inf, value).astype(np.float32)
+  with np.errstate(over="ignore"):  # past float32's range: +-inf, as documented
+    return np.where(np.isneginf(words[0]), -np.inf, value).astype(np.float32)
 
 
 def search_prepared(prepared_users: scoring.UserRows, blocked_table: scoring.ItemTable, num_items: int,

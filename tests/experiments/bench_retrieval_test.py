@@ -25,14 +25,20 @@ def test_tiny_synthetic_run_writes_json_and_table(tmp_path):
               "--faiss=faiss_flat_ip,faiss_binary_flat", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads((out.with_suffix(".json")).read_text())
-  rows = {r["method"]: r for r in result["methods"]}
+  rows = {r["method"]: r for r in result["methods"] if r["kernel"] in ("jax", "faiss")}  # the JAX search's rows
   assert set(rows) == {"float32", "1bit_xor_popcount", "4bit_int8", "faiss_flat_ip", "faiss_binary_flat"}
+  kernels = {r["kernel"] for r in result["methods"]} - {"faiss"}  # + "native" where the kernel is built
+  assert kernels == set(result["kernels"]) and "jax" in kernels
+  for r in result["methods"]:  # both searches: the same ranking, each with its ceiling
+    if r["kernel"] == "native":
+      assert r["recall"] == rows[r["method"]]["recall"] and 0 < r["fraction_of_ceiling"]
   # Same vectors, same exact float ranking: FAISS FlatIP and the JAX float path agree, and the JAX and
   # FAISS 1-bit searches rank the same sign codes (up to ties at the K-th Hamming distance).
   assert rows["float32"]["recall"] == 1.0 and rows["faiss_flat_ip"]["recall"] > 0.99
   assert abs(rows["1bit_xor_popcount"]["recall"] - rows["faiss_binary_flat"]["recall"]) < 0.1
   assert rows["1bit_xor_popcount"]["code_bytes"] == 700 * 8
-  assert "1bit_xor_popcount/faiss_binary_flat" in result["time_ratios"]
+  for kernel in kernels:
+    assert f"1bit_xor_popcount[{kernel}]/faiss_binary_flat" in result["time_ratios"]
   assert "| 1bit_xor_popcount |" in out.with_suffix(".md").read_text()
 
 

@@ -366,3 +366,21 @@ def test_rows_from_lowbit_summary(tmp_path):
   path.write_text(json.dumps({"x": {"recall@20": [0.1]}}))
   with pytest.raises(UserError, match="row 'x'"):
     fp.rows_from_lowbit_summary(str(path), "gowalla")
+
+
+def test_merge_seeds_and_head_to_head():
+  row = lambda method, layout, bits, recall, seed, family="hq_jax": {
+      "method": method, "dataset": "lastfm", "family": family, "layout": layout, "bits_per_node": bits,
+      "codebook_bits_per_node": 0.0, "recall@20": recall, "ndcg@20": 0.1, "split": "test", "seeds": [seed],
+      "topk_seconds": None}
+  ours = fp.merge_seeds([row("hq_jax pq8", "both", 64.0, 0.25, 0), row("hq_jax pq8", "both", 64.0, 0.24, 1),
+                         row("hq_jax pq8 items", "items", 64.0, 0.26, 0)])
+  assert [(r["method"], r["recall@20"], r["seeds"]) for r in ours] == [
+      ("hq_jax pq8", [0.25, 0.24], [0, 1]), ("hq_jax pq8 items", [0.26], [0])]
+  assert ours[0]["ndcg@20"] == [0.1, 0.1]
+  peers = [row("faiss PQ8x8np", "both-shared", 64.0, 0.23, 0, "pq"), row("faiss OPQ8", "both-separate", 64.0, 0.246, 0, "opq"),
+           row("faiss PQ8x8np", "items", 64.0, 0.27, 0, "pq"), row("faiss SQ4", "items", 256.0, 0.2, 0, "sq")]
+  lines = fp.head_to_head(peers, ours, reference=0.5).splitlines()
+  assert lines[2] == ("| 64 | both | faiss OPQ8: 0.2460 (49.2%) | hq_jax pq8: 0.2450 (49.0%), 2 seeds | -0.0010 |")
+  assert lines[3] == "| 64 | items | faiss PQ8x8np: 0.2700 (54.0%) | hq_jax pq8 items: 0.2600 (52.0%) | -0.0100 |"
+  assert lines[4] == "| 256 | items | faiss SQ4: 0.2000 (40.0%) | - | - |"

@@ -112,7 +112,38 @@ def test_opq_rotation_keeps_the_start_scores_and_ema_codebooks_move(pq_run, tmp_
   assert books.shape == start.shape and not np.allclose(books, np.asarray(start))
 
 
+def test_items_only_codes_keep_users_float_and_count_bits_per_item(tmp_path):
+  # pq_sides = 'items' (FAISS's "items coded, users float" layout): users pass through unquantized in
+  # training, evaluation and export; bits per node count per coded item; EMA updates touch the items' set.
+  config = _config(epochs=2, pq_sides="items", estimator="ste")
+  data = train.load_training_data(config)
+  problem = train.create_problem(config, data)
+  model = train.create_model(config, train.validate_config(config, data), problem)
+  assert model.quantizer.codebooks[...].shape == (1, 4, 16, 4)
+  (fu, fi), (hu, hi) = model.represent(*problem.graph_args)
+  np.testing.assert_array_equal(np.asarray(hu), np.asarray(fu))
+  assert not np.array_equal(np.asarray(hi), np.asarray(fi))
+  users, items = model.quantize(*problem.graph_args)
+  assert isinstance(items, pq.ProductCodes) and not isinstance(users, pq.ProductCodes)
+  np.testing.assert_array_equal(np.asarray(users), np.asarray(fu))
+  np.testing.assert_array_equal(np.asarray(items.dequantize()), np.asarray(hi))
+  results = train.train_and_evaluate(config, str(tmp_path / "items"))
+  assert results["model"] == "hqgnn-pq4x4-ste-items" and results["layout"] == "items"
+  assert results["bits_per_node"] == 16.0  # per coded item
+  assert results["codebook_bits_per_node"] == pytest.approx(8 * 4 * 16 * 4 * 4 / 4489)
+  assert results["representation_bytes"] == 1892 * 16 * 4 + 4489 * 2 + 4 * 16 * 4 * 4  # float32 users, d = 16
+  stored = np.load(str(tmp_path / "items" / "export.npz"))
+  assert "user_embeddings" in stored.files and "item_codes" in stored.files
+  from hq_jax import evaluation, export  # the export ranks like training's final evaluation
+  again = evaluation.evaluate(*export.load_export(str(tmp_path / "items" / "export.npz")), data, ks=(20,))
+  assert again["recall@20"] == results["metrics"]["recall@20"]
+  ema = _config(epochs=1, pq_sides="items", estimator="ste", pq_update="ema")
+  assert train.train_and_evaluate(ema, str(tmp_path / "ema"))["layout"] == "items"
+
+
 @pytest.mark.parametrize("overrides,match", [
+    (dict(pq_sides="users"), "pq_sides"),
+    (dict(pq_sides="items", pq_codebooks="shared"), "pq_codebooks"),
     (dict(pq_subspaces=5), "pq_subspaces"),
     (dict(pq_bits=9), "pq_bits"),
     (dict(pq_codebooks="both"), "pq_codebooks"),

@@ -44,7 +44,7 @@ EXACT = [  # name, M, bits, d, shared codebooks, float users
 
 
 @pytest.mark.parametrize("name, num_subspaces, bits, d, shared, float_users", EXACT, ids=[c[0] for c in EXACT])
-def test_dyadic_product_codes_rank_exactly_with_ties_to_the_lower_id(name, num_subspaces, bits, d, shared,
+def test_dyadic_product_codes_rank_exactly_with_ties_to_the_lower_id(kernel, name, num_subspaces, bits, d, shared,
                                                                      float_users):
   rng = np.random.default_rng(len(name))
   item_books = _dyadic_codebooks(rng, num_subspaces, bits, d // num_subspaces)
@@ -70,7 +70,7 @@ def test_dyadic_product_codes_rank_exactly_with_ties_to_the_lower_id(name, num_s
 
 
 @pytest.mark.parametrize("float_users", [False, True])
-def test_random_codebooks_rank_like_their_decoded_floats(float_users):
+def test_random_codebooks_rank_like_their_decoded_floats(kernel, float_users):
   """The same rows through the same program: identical to the float32 pair's ranking; against float64, every
   adjacent pair is in order up to float32 rounding of the inner products, and nothing left out beats the
   K-th by more."""

@@ -17,9 +17,11 @@ SCRIPT = textwrap.dedent("""
   import os
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   import sys
+  import dataclasses
   import jax, numpy as np
   sys.path.insert(0, "tests")
   import retrieval_ref as ref
+  from hq_jax import backend
   from hq_jax.quant import quantizer
   from hq_jax.quant.quantizer import quantize
   from hq_jax.retrieval.sharded import item_mesh, sharded_topk
@@ -47,7 +49,8 @@ SCRIPT = textwrap.dedent("""
            ("layered_row8", layered(u), layered(v), "auto")]
   for name, ur, ir, method in cases:
     users = np.arange(nu)
-    a = topk(ur, ir, indptr, ind, users, k, block_items=128, batch_users=16, method=method)
+    with backend.override(dataclasses.replace(backend.tunings(), retrieval_kernel="jax")):  # its one-device twin
+      a = topk(ur, ir, indptr, ind, users, k, block_items=128, batch_users=16, method=method)
     b = sharded_topk(ur, ir, indptr, ind, users, k, mesh=item_mesh(8), block_items=128, batch_users=16,
                      method=method)
     np.testing.assert_array_equal(a[1], b[1])

@@ -1,4 +1,5 @@
-"""Blocked top-K equals a NumPy reference on the dequantized embeddings (ties by item id)."""
+"""Blocked top-K equals a NumPy reference on the dequantized embeddings (ties by item id), under both searches
+(`kernel`: the JAX search and the compiled kernel, tests/retrieval/conftest.py)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +47,7 @@ CASES = [  # name, bits, method, user (scale, offset), item (scale, offset), per
 
 
 @pytest.mark.parametrize("name, bits, method, u, i, per_row", CASES, ids=[c[0] for c in CASES])
-def test_matches_reference(name, bits, method, u, i, per_row):
+def test_matches_reference(kernel, name, bits, method, u, i, per_row):
   rng = np.random.default_rng(len(name))
   users = _rep(rng, NU, bits, *(u or (0, 0)))
   items = _rep(rng, NI, bits, *(i or (0, 0)), per_row=per_row)
@@ -66,7 +67,7 @@ TILED = [c for c in CASES if c[0] in ("float", "1bit_sign_int8", "2bit", "8bit_i
 
 
 @pytest.mark.parametrize("name, bits, method, u, i, per_row", TILED, ids=[c[0] for c in TILED])
-def test_matches_reference_over_tiles(name, bits, method, u, i, per_row):
+def test_matches_reference_over_tiles(kernel, name, bits, method, u, i, per_row):
   """Blocks of several tiles (matmul kinds score a block tile by tile), the last block and tile padded."""
   rng = np.random.default_rng(len(name))
   num_items = 5000
@@ -91,7 +92,7 @@ def test_block_is_whole_tiles(num_items, block_items):
   assert hamming == wanted and tile_size(hamming, "hamming") == hamming
 
 
-def test_all_ties_come_in_id_order():
+def test_all_ties_come_in_id_order(kernel):
   users = np.ones((2, 4), np.float32)
   items = np.zeros((300, 4), np.float32)
   indptr, indices = np.array([0, 2, 2]), np.array([1, 40], np.int32)
@@ -125,7 +126,7 @@ WIDE = [  # name, bits, d, method, user (scale, offset), item (scale, offset): s
 
 
 @pytest.mark.parametrize("name, bits, d, method, u, i", WIDE, ids=[getattr(c, "values", c)[0] for c in WIDE])
-def test_wide_codes_match_float64_reference(name, bits, d, method, u, i):
+def test_wide_codes_match_float64_reference(kernel, name, bits, d, method, u, i):
   """8 bits up to d = 4096 (past one exact float32 matmul) and other widths: the exact top-K, exclusions on."""
   rng = np.random.default_rng(len(name) + d)
   users = _rep(rng, 9, bits, *u, d=d)
@@ -160,7 +161,7 @@ NEW_REPS = [  # name, builder(rng) -> (users, items)
 
 
 @pytest.mark.parametrize("name, build", NEW_REPS)
-def test_new_representations_match_exact_reference(name, build):
+def test_new_representations_match_exact_reference(kernel, name, build):
   """Per-row scales (float32, 8-bit) and layer-wise codes: the exact rational top-K, exclusions on."""
   rng = np.random.default_rng(len(name))
   users, items = build(rng)
