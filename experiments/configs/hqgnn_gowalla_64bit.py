@@ -19,7 +19,7 @@ Measured (seed 0, test, run once; 2-core AMD EPYC shared with other jobs, 2026-1
 float (`--config.quant.pq_sides=items`): 0.1412 (FAISS OPQ8 items 0.1366). Target >= 88% missed.
 """
 
-from experiments.configs import hqgnn_gowalla
+from experiments.configs import hqgnn_gowalla, hqgnn_lastfm_64bit
 
 
 def get_config():
@@ -32,11 +32,5 @@ def get_config():
   config.train.log_every = 1
   config.train.checkpoint_every = 5
   config.eval.every = 0
-  config.quant.kind = "pq"
-  config.quant.pq_subspaces = 8
-  config.quant.pq_bits = 8
-  config.quant.pq_codebooks = "separate"
-  config.quant.pq_update = "gradient"
-  config.quant.pq_rotation = "opq"
-  config.quant.estimator = "ste"
+  config.quant = hqgnn_lastfm_64bit.get_config().quant  # LastFM's validated product-code setting, one source
   return config
